@@ -1,0 +1,1 @@
+"""streamwatch offline side: data, the PyTorch forecaster, training, calibration, export."""
