@@ -1,0 +1,1 @@
+"""streamwatch server: per-stream recurrent state, micro-batched ONNX stepping, scoring, alerts."""

@@ -1,0 +1,194 @@
+"""Alerts: the records, the bus that fans events out to live subscribers, and the alert log.
+
+An alert opens and closes; each is an `AlertEvent` with a sequence number. Events go to the
+log first (so `GET /v1/alerts` and a resuming subscriber see them), then to the bus. A
+subscriber's queue is bounded: when it is full the oldest event is dropped and counted, and
+ingestion never waits for a slow reader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import itertools
+from collections import OrderedDict, deque
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Literal
+
+from service.errors import CapacityError
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    id: str
+    stream_id: str
+    model: str
+    opened_at: float
+    closed_at: float | None
+    peak_score: float
+    peak_at: float
+    readings: int
+    forecast_at_peak: list[float | None]
+    actual_at_peak: list[float | None]
+
+    @property
+    def is_open(self) -> bool:
+        return self.closed_at is None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "stream_id": self.stream_id,
+            "model": self.model,
+            "opened_at": iso(self.opened_at),
+            "closed_at": None if self.closed_at is None else iso(self.closed_at),
+            "open": self.is_open,
+            "peak_score": self.peak_score,
+            "peak_at": iso(self.peak_at),
+            "readings": self.readings,
+            "forecast_at_peak": self.forecast_at_peak,
+            "actual_at_peak": self.actual_at_peak,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AlertEvent:
+    seq: int
+    event: Literal["opened", "closed"]
+    alert: Alert
+
+    def to_json(self) -> dict[str, object]:
+        return {"seq": self.seq, "event": self.event, "alert": self.alert.to_json()}
+
+
+class AlertLog:
+    """Every alert event, in order; the latest version of each alert, newest kept.
+
+    This is the in-memory log; it forgets on restart and keeps at most `limit` alerts.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._events: deque[AlertEvent] = deque(maxlen=2 * limit)
+        self._alerts: OrderedDict[str, Alert] = OrderedDict()
+        self._seq = itertools.count(1)
+
+    def append(self, event: Literal["opened", "closed"], alert: Alert) -> AlertEvent:
+        record = AlertEvent(next(self._seq), event, alert)
+        self._events.append(record)
+        self._alerts[alert.id] = alert
+        self._alerts.move_to_end(alert.id)
+        while len(self._alerts) > self._limit:
+            self._alerts.popitem(last=False)
+        return record
+
+    def events_after(self, seq: int) -> Iterator[AlertEvent]:
+        return (e for e in self._events if e.seq > seq)
+
+    def alerts(
+        self,
+        *,
+        stream: str | None = None,
+        since: float | None = None,
+        open_only: bool | None = None,
+        before_id: str | None = None,
+        limit: int = 100,
+    ) -> tuple[list[Alert], str | None]:
+        """Newest first; the cursor is the id of the last alert returned."""
+        found: list[Alert] = []
+        started = before_id is None
+        for alert in reversed(self._alerts.values()):
+            if not started:
+                started = alert.id == before_id
+                continue
+            if stream is not None and not fnmatch.fnmatchcase(alert.stream_id, stream):
+                continue
+            if since is not None and alert.opened_at < since:
+                continue
+            if open_only is not None and alert.is_open != open_only:
+                continue
+            if len(found) == limit:
+                return found, found[-1].id
+            found.append(alert)
+        return found, None
+
+
+@dataclass(frozen=True)
+class AlertFilter:
+    stream: str = "*"
+    min_score: float = 0.0
+
+    def matches(self, event: AlertEvent) -> bool:
+        return event.alert.peak_score >= self.min_score and fnmatch.fnmatchcase(
+            event.alert.stream_id, self.stream
+        )
+
+
+class Subscription:
+    """One live subscriber: a bounded queue; overflow drops the oldest and counts it."""
+
+    def __init__(self, alert_filter: AlertFilter, size: int) -> None:
+        self.filter = alert_filter
+        self.dropped = 0
+        self._events: deque[AlertEvent] = deque(maxlen=size)
+        self._ready = asyncio.Event()
+
+    def offer(self, event: AlertEvent) -> None:
+        if not self.filter.matches(event):
+            return
+        if len(self._events) == self._events.maxlen:
+            self.dropped += 1
+        self._events.append(event)
+        self._ready.set()
+
+    async def next_batch(self) -> tuple[list[AlertEvent], int]:
+        """Wait for events; returns them and how many were dropped since the last call."""
+        await self._ready.wait()
+        self._ready.clear()
+        events = list(self._events)
+        self._events.clear()
+        dropped, self.dropped = self.dropped, 0
+        return events, dropped
+
+
+class AlertBus:
+    """Fans alert events out to at most `max_subscribers` live subscriptions."""
+
+    def __init__(self, max_subscribers: int, queue_size: int) -> None:
+        self._max = max_subscribers
+        self._queue_size = queue_size
+        self._subscriptions: set[Subscription] = set()
+        self.dropped_total = 0
+
+    def subscribe(self, alert_filter: AlertFilter) -> Subscription:
+        if len(self._subscriptions) >= self._max:
+            raise CapacityError(f"{self._max} alert subscribers are connected already")
+        subscription = Subscription(alert_filter, self._queue_size)
+        self._subscriptions.add(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        self._subscriptions.discard(subscription)
+
+    def publish(self, event: AlertEvent) -> None:
+        for subscription in self._subscriptions:
+            before = subscription.dropped
+            subscription.offer(event)
+            self.dropped_total += subscription.dropped - before
+
+
+def update_peak(
+    alert: Alert, score: float, at: float, forecast: list[float | None], actual: list[float | None]
+) -> Alert:
+    """One more reading inside an open alert; the peak moves if this one scores higher."""
+    if score > alert.peak_score:
+        alert = replace(
+            alert, peak_score=score, peak_at=at, forecast_at_peak=forecast, actual_at_peak=actual
+        )
+    return replace(alert, readings=alert.readings + 1)

@@ -1,0 +1,1 @@
+"""HTTP and WebSocket routes, grouped by resource; each parses, calls once, renders."""

@@ -1,0 +1,69 @@
+"""Reading routes: one stream's readings, or a batch across streams."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from service import dataplane
+from service.api.deps import EngineDep, JSONBytes, SettingsDep, read_body
+from service.errors import InvalidReadingError
+from service.schemas import Failed, ResultsOut, decode_json, parse_items
+
+router = APIRouter(prefix="/v1", tags=["readings"])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"description": text, "content": {"application/problem+json": {}}}
+    for status, text in [
+        (409, "single reading older than the stream's last one, or bound to another model"),
+        (413, "body, batch or channel limit exceeded"),
+        (422, "malformed body or an invalid single reading"),
+        (503, "at capacity or shutting down"),
+    ]
+}
+
+
+def _body_schema(*names: str) -> dict[str, Any]:
+    refs = [{"$ref": f"#/components/schemas/{name}"} for name in names]
+    schema = refs[0] if len(refs) == 1 else {"anyOf": refs}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+@router.post(
+    "/streams/{stream_id}/readings",
+    response_model=ResultsOut,
+    responses=_ERRORS,
+    openapi_extra=_body_schema("ReadingIn", "StreamReadingsIn"),
+    summary="Send one reading, or several, of one stream",
+)
+async def post_stream_readings(
+    stream_id: str, request: Request, engine: EngineDep, settings: SettingsDep
+) -> JSONBytes:
+    """One reading answers with its own status code if it fails; several answer 200 with a
+    status per reading."""
+    body = decode_json(await read_body(request, settings.limits.max_body_bytes))
+    single = not (isinstance(body, dict) and "readings" in body)
+    items = [body] if single else body["readings"]
+    if not isinstance(items, list):
+        raise InvalidReadingError("`readings` must be a list")
+    entries = await dataplane.resolve(engine, parse_items(items, settings.limits, stream_id))
+    if single and isinstance(entries[0], Failed):
+        raise entries[0].error
+    return JSONBytes(dataplane.render(entries))
+
+
+@router.post(
+    "/readings",
+    response_model=ResultsOut,
+    responses=_ERRORS,
+    openapi_extra=_body_schema("BatchIn"),
+    summary="Send a batch of readings across streams",
+)
+async def post_readings(request: Request, engine: EngineDep, settings: SettingsDep) -> JSONBytes:
+    """Results in the order sent, each with its own status: one bad reading fails only itself."""
+    body = decode_json(await read_body(request, settings.limits.max_body_bytes))
+    items = body.get("readings") if isinstance(body, dict) else None
+    if not isinstance(items, list):
+        raise InvalidReadingError('the body must be {"readings": [...]}')
+    return JSONBytes(await dataplane.apply(engine, parse_items(items, settings.limits)))

@@ -1,0 +1,98 @@
+"""The `streamwatch` command: serve and replay here; train, export, evaluate from `training`.
+
+The training subcommands import `training` (and PyTorch) only when called, so a server
+install without the `train` extra still has a working `streamwatch serve`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+_TRAINING_COMMANDS = {"train", "export", "evaluate"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in _TRAINING_COMMANDS:
+        return _training(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "replay":
+        from service.replay import replay_command
+
+        return replay_command(args)
+    parser.print_help()
+    return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamwatch", description=__doc__)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = commands.add_parser("serve", help="start the server (settings from STREAMWATCH_*)")
+    serve.add_argument("--host", help="bind address (default from settings: 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default from settings: 8000)")
+    serve.add_argument("--workers", type=int, help="worker processes (each keeps its own state)")
+    serve.add_argument("--models-dir", type=Path, help="where models are loaded from")
+    replay = commands.add_parser("replay", help="run a CSV through the engine, offline")
+    replay.add_argument("file", type=Path, help="CSV with a header row (as for training)")
+    replay.add_argument("--stream", required=True, help="stream id to replay it as")
+    replay.add_argument("--model", help="model to bind the stream to (default: routing)")
+    replay.add_argument("--columns", help="channel columns, comma separated (default: card's)")
+    replay.add_argument("--out", type=Path, required=True, help="results CSV to write")
+    replay.add_argument("--models-dir", type=Path, help="where models are loaded from")
+    for name in sorted(_TRAINING_COMMANDS):
+        commands.add_parser(name, help=f"{name} (needs the train extra: pip install .[train])")
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    overrides: dict[str, object] = {}
+    server = {k: v for k in ("host", "port", "workers") if (v := getattr(args, k)) is not None}
+    if server:
+        overrides["server"] = server
+    if args.models_dir is not None:
+        overrides["model"] = {"dir": args.models_dir}
+    settings = Settings(**overrides)  # type: ignore[arg-type]
+    app: object = create_app(settings)
+    if settings.server.workers > 1:
+        print(
+            "streamwatch: each of several workers keeps its own streams, so a stream's readings "
+            "must all reach the same worker; with a load balancer that cannot, use one worker",
+            file=sys.stderr,
+        )
+        if args.models_dir is not None:  # the workers read their settings from the environment
+            os.environ["STREAMWATCH_MODEL__DIR"] = str(args.models_dir)
+        app = "service.app:create_app_from_env"
+    uvicorn.run(
+        app,  # type: ignore[arg-type]
+        factory=isinstance(app, str),
+        host=settings.server.host,
+        port=settings.server.port,
+        workers=settings.server.workers,
+        ws_max_size=settings.limits.max_frame_bytes,
+        log_level="info",
+    )
+    return 0
+
+
+def _training(argv: list[str]) -> int:
+    try:
+        from training.cli import main as training_main
+    except ImportError as exc:
+        print(
+            f"streamwatch {argv[0]} needs the training extra (pip install '.[train]'): {exc}",
+            file=sys.stderr,
+        )
+        return 2
+    status: int = training_main(argv)
+    return status

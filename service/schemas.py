@@ -1,0 +1,254 @@
+"""Wire models (pydantic) and their translation to and from the engine's records.
+
+Requests are parsed one reading at a time, so in a batch one malformed reading becomes one
+error result and the rest go on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from service.alerts import iso
+from service.errors import InvalidReadingError, LimitExceededError, StreamwatchError
+from service.settings import LimitSettings
+from service.stepper import Reading, Result
+
+STREAM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$"
+_STREAM_ID = re.compile(STREAM_ID_PATTERN)
+
+Timestamp = float | str
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ReadingIn(_Wire):
+    """One reading: `values` (one per channel, `null` = missing) or `value` for one channel."""
+
+    timestamp: Timestamp = Field(description="ISO 8601 or epoch seconds; strictly increasing.")
+    values: list[float | None] | None = None
+    value: float | None = None
+    model: str | None = Field(None, description="Model for a new stream; else routing rules.")
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"timestamp": "2026-01-01T00:00:00Z", "value": 41.5}]},
+    )
+
+
+class StreamReadingIn(ReadingIn):
+    stream_id: str = Field(max_length=1000)
+
+
+class StreamReadingsIn(_Wire):
+    readings: list[ReadingIn]
+
+
+class BatchIn(_Wire):
+    readings: list[StreamReadingIn]
+
+
+class Problem(_Wire):
+    """RFC 9457 problem details."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+
+
+class Forecast(_Wire):
+    loc: list[float]
+    scale: list[float]
+
+
+class AlertRefOut(_Wire):
+    id: str
+    event: Literal["opened", "closed"]
+
+
+class ResultOut(_Wire):
+    stream_id: str | None
+    timestamp: str | None
+    status: Literal["ok"] | Problem
+    model: str | None = None
+    forecast: Forecast | None = None
+    score: float | None = None
+    threshold: float | None = None
+    anomaly: bool | None = None
+    warming_up: bool | None = None
+    gap: bool | None = None
+    duplicate: bool | None = None
+    alert: AlertRefOut | None = None
+
+
+class ResultsOut(_Wire):
+    results: list[ResultOut]
+
+
+_reading = TypeAdapter(ReadingIn)
+_stream_reading = TypeAdapter(StreamReadingIn)
+
+
+def decode_json(body: bytes) -> Any:
+    """Parse a JSON body; NaN/Infinity literals are let through to be refused per reading."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        try:
+            return json.loads(body)
+        except ValueError as exc:
+            raise InvalidReadingError(f"the body is not JSON: {exc}") from None
+
+
+def parse_timestamp(value: Timestamp) -> float:
+    if isinstance(value, str):
+        try:
+            seconds = float(value)
+        except ValueError:
+            try:
+                parsed = datetime.fromisoformat(value)
+            except ValueError:
+                raise InvalidReadingError(
+                    f"timestamp {value!r} is neither ISO 8601 nor epoch seconds"
+                ) from None
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=UTC)
+            seconds = parsed.timestamp()
+    else:
+        seconds = float(value)
+    if not math.isfinite(seconds):
+        raise InvalidReadingError(f"timestamp {value!r} is not a finite time")
+    return seconds
+
+
+def to_reading(item: ReadingIn, stream_id: str, limits: LimitSettings) -> Reading:
+    """Check one wire reading and turn it into the engine's record."""
+    check_stream_id(stream_id, limits)
+    if (item.values is None) == (item.value is None):
+        raise InvalidReadingError("give exactly one of `values` (a list) or `value`")
+    raw = item.values if item.values is not None else [item.value]
+    if not raw:
+        raise InvalidReadingError("`values` is empty")
+    if len(raw) > limits.max_channels:
+        raise LimitExceededError(f"{len(raw)} channels; at most {limits.max_channels}")
+    values = tuple(math.nan if v is None else v for v in raw)
+    for i, v in enumerate(raw):
+        if v is not None and not math.isfinite(v):
+            raise InvalidReadingError(
+                f"channel {i} is {v}: NaN and infinities are refused (use null for missing)"
+            )
+    return Reading(stream_id, parse_timestamp(item.timestamp), values, item.model)
+
+
+def check_stream_id(stream_id: str, limits: LimitSettings) -> None:
+    if len(stream_id) > limits.max_stream_id_length:
+        raise LimitExceededError(
+            f"stream_id is {len(stream_id)} characters; at most {limits.max_stream_id_length}"
+        )
+    if not _STREAM_ID.match(stream_id):
+        raise InvalidReadingError(f"stream_id {stream_id!r} must match {STREAM_ID_PATTERN}")
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """A reading that was refused, with what it said of itself for the results."""
+
+    stream_id: Any
+    timestamp: Any
+    error: StreamwatchError
+
+
+Parsed = Reading | Failed
+
+
+def parse_items(
+    items: list[Any], limits: LimitSettings, stream_id: str | None = None
+) -> list[Parsed]:
+    """Each item to a Reading, or to a Failed that says why."""
+    if len(items) > limits.max_readings_per_request:
+        raise LimitExceededError(
+            f"{len(items)} readings in one request; at most {limits.max_readings_per_request}"
+        )
+    parsed: list[Parsed] = []
+    for raw in items:
+        sid = stream_id if stream_id is not None else _get(raw, "stream_id")
+        try:
+            if stream_id is None:
+                item: ReadingIn = _stream_reading.validate_python(raw)
+                parsed.append(to_reading(item, item.stream_id, limits))  # type: ignore[attr-defined]
+            else:
+                parsed.append(to_reading(_reading.validate_python(raw), stream_id, limits))
+        except ValidationError as exc:
+            parsed.append(Failed(sid, _get(raw, "timestamp"), InvalidReadingError(_explain(exc))))
+        except StreamwatchError as exc:
+            parsed.append(Failed(sid, _get(raw, "timestamp"), exc))
+    return parsed
+
+
+def _get(raw: Any, key: str) -> Any:
+    return raw.get(key) if isinstance(raw, dict) else None
+
+
+def _explain(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'reading'}: {e['msg']}" for e in exc.errors()
+    )
+
+
+def problem(error: StreamwatchError, instance: str | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "type": error.type_uri,
+        "title": error.title,
+        "status": error.status,
+        "detail": error.detail,
+    }
+    if instance is not None:
+        body["instance"] = instance
+    return body
+
+
+def result_json(outcome: Result) -> dict[str, Any]:
+    return {
+        "stream_id": outcome.stream_id,
+        "timestamp": iso(outcome.timestamp),
+        "status": "ok",
+        "model": outcome.model,
+        "forecast": None
+        if outcome.forecast_loc is None
+        else {"loc": outcome.forecast_loc, "scale": outcome.forecast_scale},
+        "score": outcome.score,
+        "threshold": outcome.threshold,
+        "anomaly": outcome.anomaly,
+        "warming_up": outcome.warming_up,
+        "gap": outcome.gap,
+        "duplicate": outcome.duplicate,
+        "alert": None
+        if outcome.alert is None
+        else {"id": outcome.alert.id, "event": outcome.alert.event},
+    }
+
+
+def error_result_json(failed: Failed) -> dict[str, Any]:
+    return {
+        "stream_id": failed.stream_id if isinstance(failed.stream_id, str) else None,
+        "timestamp": _timestamp_text(failed.timestamp),
+        "status": problem(failed.error),
+    }
+
+
+def _timestamp_text(timestamp: Any) -> str | None:
+    try:
+        return iso(parse_timestamp(timestamp))
+    except (StreamwatchError, TypeError, ValueError, OverflowError, OSError):
+        return None

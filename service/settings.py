@@ -1,0 +1,141 @@
+"""Every knob of the server, in one pydantic-settings object.
+
+Read from the environment (prefix `STREAMWATCH_`, nested groups with `__`, e.g.
+`STREAMWATCH_ENGINE__MAX_BATCH=512`) and from an optional TOML file named by
+`STREAMWATCH_CONFIG`; constructor arguments win over both, then the environment, then the file.
+Each component is handed only its own group.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+BUNDLED_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+
+
+class _Group(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Route(_Group):
+    """Streams whose id matches `pattern` (a glob; `pumps-*`) are bound to `model`."""
+
+    pattern: str
+    model: str
+
+
+class ThresholdOverride(_Group):
+    """Streams whose id matches `pattern` use `threshold` instead of their model's."""
+
+    pattern: str
+    threshold: float = Field(gt=0.0, lt=1.0)
+
+
+class ModelSettings(_Group):
+    dir: Path = Field(BUNDLED_MODELS_DIR, description="Every subfolder with a card.json is loaded.")
+    default: str = Field("default", description="Model for streams no route matches.")
+    routes: list[Route] = Field(default_factory=list, description="First match wins.")
+    intra_op_threads: int = Field(1, ge=1, description="ONNX Runtime threads per model call.")
+    spin: bool = Field(False, description="Let ORT threads spin between calls.")
+
+
+class EngineSettings(_Group):
+    max_batch: int = Field(1024, ge=1, description="Readings per model call, at most.")
+    max_wait_ms: float = Field(2.0, ge=0.0, description="How long a batch waits to fill.")
+    max_queued: int = Field(200_000, ge=1, description="Readings waiting, at most; then 503.")
+
+
+class StateSettings(_Group):
+    max_streams: int = Field(1_000_000, ge=1, description="Live streams per model, at most.")
+    initial_capacity: int = Field(1024, ge=1, description="Slots preallocated per model.")
+    ttl_s: float | None = Field(None, gt=0, description="Forget streams idle this long; off.")
+
+
+class NormalizationSettings(_Group):
+    warmup_n: int = Field(100, ge=1, description="Readings before a stream may alert.")
+    alpha: float = Field(0.002, gt=0.0, lt=1.0, description="Tracking weight after warm-up.")
+    clip_sigma: float = Field(5.0, gt=0.0, description="Outlier clip when tracking.")
+
+
+class ScoringSettings(_Group):
+    window: int = Field(6, ge=1, le=64, description="Readings whose surprise is pooled.")
+    level_alpha: float = Field(0.002, gt=0.0, lt=1.0, description="Long-run level weight.")
+    thresholds: dict[str, float] = Field(
+        default_factory=dict, description="Per-model threshold, overriding the card's."
+    )
+    stream_thresholds: list[ThresholdOverride] = Field(
+        default_factory=list, description="Per-stream threshold by glob; first match wins."
+    )
+
+
+class AlertSettings(_Group):
+    k: int = Field(1, ge=1, description="An alert opens at k scores over threshold ...")
+    m: int = Field(3, ge=1, le=32, description="... among the last m readings.")
+    close_factor: float = Field(10.0, ge=1.0, description="Hysteresis, in tail probability.")
+    cooldown: int = Field(10, ge=0, description="Readings of quiet after an alert closes.")
+    subscriber_queue: int = Field(1000, ge=1, description="Events buffered per subscriber.")
+    max_subscribers: int = Field(1000, ge=1)
+    history_limit: int = Field(100_000, ge=1, description="Alerts kept in memory.")
+
+
+class TimeSettings(_Group):
+    gap_factor: float = Field(10.0, gt=1.0, description="A gap is this many typical intervals.")
+    gap_policy: Literal["rewarm", "ignore"] = Field(
+        "rewarm", description="rewarm: reset the stream's state and warm up again."
+    )
+
+
+class LimitSettings(_Group):
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    max_readings_per_request: int = Field(10_000, ge=1)
+    max_frame_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_channels: int = Field(256, ge=1)
+    max_stream_id_length: int = Field(200, ge=1)
+
+
+class ServerSettings(_Group):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="STREAMWATCH_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    data_dir: Path = Field(Path("data"), description="Where the server writes what it keeps.")
+    model: ModelSettings = ModelSettings()
+    engine: EngineSettings = EngineSettings()
+    state: StateSettings = StateSettings()
+    normalization: NormalizationSettings = NormalizationSettings()
+    scoring: ScoringSettings = ScoringSettings()
+    alerts: AlertSettings = AlertSettings()
+    time: TimeSettings = TimeSettings()
+    limits: LimitSettings = LimitSettings()
+    server: ServerSettings = ServerSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        config_file = os.environ.get("STREAMWATCH_CONFIG")
+        sources: tuple[PydanticBaseSettingsSource, ...] = (init_settings, env_settings)
+        if config_file:
+            sources += (TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)),)
+        return sources

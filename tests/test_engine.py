@@ -1,0 +1,251 @@
+"""The engine: ordering, exactly-once application, time rules, bad values, alerts, capacity."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.errors import (
+    CapacityError,
+    InvalidReadingError,
+    ModelMismatchError,
+    OutOfOrderError,
+    UnknownModelError,
+)
+from service.stepper import Reading, Result
+from tests.conftest import MODELS_DIR, make_settings, running_engine, sine, stream_state
+
+pytestmark = pytest.mark.anyio
+
+
+def _readings(stream_id: str, values: np.ndarray, start: float = 0.0) -> list[Reading]:
+    return [Reading(stream_id, start + i, (float(v),)) for i, v in enumerate(values)]
+
+
+def _comparable(result: object) -> object:
+    """A result without its alert id (ids are random), for comparing two runs."""
+    if isinstance(result, Result):
+        event = None if result.alert is None else result.alert.event
+        return (result.stream_id, result.timestamp, result.forecast_loc, result.forecast_scale,
+                result.score, result.anomaly, result.warming_up, result.gap, event)
+    return repr(result)
+
+
+async def test_concurrent_clients_give_bitwise_the_results_of_each_stream_fed_alone(
+    tmp_path: Path,
+) -> None:
+    n_streams, n_readings = 12, 160
+    series = {f"s{i}": sine(n_readings, period=20 + 3 * i, seed=i, level=10 * i)
+              for i in range(n_streams)}
+    series["s3"][130] += 25.0  # one spike, so alerts are part of what must match
+    settings = make_settings(tmp_path, engine={"max_wait_ms": 0.2, "max_batch": 7})
+
+    alone: dict[str, list[object]] = {}
+    alone_state = {}
+    async with running_engine(settings) as engine:
+        for sid, values in series.items():
+            alone[sid] = [_comparable(r) for reading in _readings(sid, values)
+                          for r in await engine.submit([reading])]
+            alone_state[sid] = stream_state(engine, sid)
+
+    rng = random.Random(7)
+    position = dict.fromkeys(series, 0)
+    busy: set[str] = set()
+    together: dict[str, list[object]] = {sid: [] for sid in series}
+
+    async def client() -> None:
+        while any(position[s] < n_readings for s in series):
+            free = [s for s in series if s not in busy and position[s] < n_readings]
+            if not free:
+                await asyncio.sleep(0)
+                continue
+            chosen = rng.sample(free, k=min(len(free), rng.randint(1, 4)))
+            busy.update(chosen)
+            queues = {}
+            for sid in chosen:
+                take = rng.randint(1, 9)
+                start = position[sid]
+                queues[sid] = _readings(sid, series[sid][start : start + take], start)
+                position[sid] = min(start + take, n_readings)
+            batch = []  # interleave the chosen streams, each stream's readings kept in order
+            while any(queues.values()):
+                sid = rng.choice([s for s in queues if queues[s]])
+                batch.append(queues[sid].pop(0))
+            results = await engine.submit(batch)
+            assert [(r.stream_id, r.timestamp) for r in results] == [
+                (b.stream_id, b.timestamp) for b in batch
+            ]
+            for r in results:
+                together[r.stream_id].append(_comparable(r))
+            busy.difference_update(chosen)
+
+    async with running_engine(settings) as engine:
+        await asyncio.gather(*(client() for _ in range(16)))
+        assert engine.rounds < n_streams * n_readings  # readings really were batched
+        for sid in series:
+            assert together[sid] == alone[sid]
+            state = stream_state(engine, sid)
+            for name, array in alone_state[sid].items():
+                np.testing.assert_array_equal(state[name], array, err_msg=f"{sid}.{name}")
+
+
+async def test_results_come_back_in_the_order_sent(settings) -> None:
+    batch = [Reading(sid, t, (1.0,)) for t in range(5) for sid in ("b", "a", "c")]
+    batch += [Reading("d", t, (2.0,)) for t in range(6)]
+    async with running_engine(settings) as engine:
+        results = await engine.submit(batch)
+    assert [(r.stream_id, r.timestamp) for r in results] == [
+        (r.stream_id, r.timestamp) for r in batch
+    ]
+
+
+async def test_a_retried_reading_returns_its_first_result_without_stepping(settings) -> None:
+    readings = _readings("pump", sine(30))
+    async with running_engine(settings) as engine:
+        first = await engine.submit(readings)
+        before = stream_state(engine, "pump")
+        (again,) = await engine.submit([readings[-1]])
+        assert stream_state(engine, "pump").keys() == before.keys()
+        for name, array in stream_state(engine, "pump").items():
+            np.testing.assert_array_equal(array, before[name])
+    assert again.duplicate and not first[-1].duplicate
+    assert _comparable(again) == _comparable(first[-1])
+
+
+async def test_an_older_reading_is_refused_and_the_state_is_untouched(settings) -> None:
+    async with running_engine(settings) as engine:
+        await engine.submit(_readings("pump", sine(30)))
+        before = stream_state(engine, "pump")
+        (refused,) = await engine.submit([Reading("pump", 10.0, (0.5,))])
+        after = stream_state(engine, "pump")
+    assert isinstance(refused, OutOfOrderError) and refused.status == 409
+    for name, array in before.items():
+        np.testing.assert_array_equal(after[name], array)
+
+
+async def test_a_long_gap_rewarms_the_stream_and_says_so(settings) -> None:
+    values = sine(150)
+    async with running_engine(settings) as engine:
+        await engine.submit(_readings("pump", values))
+        assert not engine.stream_info("pump").warming_up
+        (after_gap,) = await engine.submit([Reading("pump", 149.0 + 1000.0, (0.3,))])
+        state = stream_state(engine, "pump")
+    assert after_gap.gap and after_gap.warming_up
+    assert state["count"] == 1 and state["seen"] == 151
+    assert not state["state_h"].any() or after_gap.forecast_loc is None
+
+
+async def test_a_gap_with_policy_ignore_is_flagged_but_keeps_the_state(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, time={"gap_policy": "ignore"})
+    async with running_engine(settings) as engine:
+        await engine.submit(_readings("pump", sine(150)))
+        (after_gap,) = await engine.submit([Reading("pump", 2000.0, (0.3,))])
+    assert after_gap.gap and not after_gap.warming_up and after_gap.forecast_loc is not None
+
+
+async def test_a_missing_channel_advances_on_the_forecast_and_cannot_alert(settings) -> None:
+    async with running_engine(settings) as engine:
+        results = await engine.submit(_readings("pump", sine(150)))
+        forecast = results[-1]
+        before = stream_state(engine, "pump")
+        (missing,) = await engine.submit([Reading("pump", 150.0, (math.nan,))])
+        after = stream_state(engine, "pump")
+    assert missing.anomaly is False and missing.score == 0.0
+    assert after["count"] == before["count"] + 1
+    assert np.isfinite(after["state_h"]).all() and not np.array_equal(
+        after["state_h"], before["state_h"]
+    )
+    np.testing.assert_array_equal(after["mean"], before["mean"])  # nothing was observed
+    assert forecast.forecast_loc is not None
+
+
+async def test_wrong_channel_count_unknown_model_and_rebinding_are_refused(settings) -> None:
+    async with running_engine(settings) as engine:
+        wrong, unknown, ok = await engine.submit([
+            Reading("a", 0.0, (1.0, 2.0)),
+            Reading("b", 0.0, (1.0,), model="no-such-model"),
+            Reading("c", 0.0, (1.0,), model="default"),
+        ])
+        (mismatch,) = await engine.submit([Reading("c", 1.0, (1.0,), model="other")])
+        assert "a" not in engine.live_streams and engine.live_streams["default"] == 1
+    assert isinstance(wrong, InvalidReadingError) and wrong.status == 422
+    assert isinstance(unknown, UnknownModelError) and unknown.status == 404
+    assert isinstance(ok, Result)
+    assert isinstance(mismatch, ModelMismatchError) and mismatch.status == 409
+
+
+async def test_an_injected_spike_opens_exactly_one_alert_that_closes_again(settings) -> None:
+    values = sine(400, period=40, noise=0.05, seed=3, level=50.0, amplitude=5.0)
+    values[300] += 30.0
+    events: list = []
+    async with running_engine(settings, events) as engine:
+        results = await engine.submit(_readings("turbine", values))
+    kinds = [(kind, alert.stream_id) for kind, alert in events]
+    assert kinds == [("opened", "turbine"), ("closed", "turbine")]
+    opened = events[0][1]
+    assert opened.opened_at == 300.0 and opened.actual_at_peak == [values[300]]
+    assert results[300].anomaly and results[300].alert.event == "opened"
+    assert not any(r.anomaly for r in results[:300])
+    closed = events[1][1]
+    assert closed.closed_at is not None and closed.closed_at > 300.0
+    assert results[int(closed.closed_at)].alert.event == "closed"
+
+
+async def test_readings_in_warm_up_are_scored_but_never_alert(settings) -> None:
+    values = sine(60)
+    values[40] += 100.0
+    events: list = []
+    async with running_engine(settings, events) as engine:
+        results = await engine.submit(_readings("pump", values))
+    assert all(r.warming_up for r in results)
+    assert results[40].score > 0.99 and not results[40].anomaly
+    assert events == []
+
+
+async def test_a_full_arena_refuses_new_streams_and_keeps_serving_the_old(tmp_path) -> None:
+    settings = make_settings(tmp_path, state={"max_streams": 3, "initial_capacity": 1})
+    async with running_engine(settings) as engine:
+        first = await engine.submit([Reading(f"s{i}", 0.0, (1.0,)) for i in range(3)])
+        refused, kept = await engine.submit([Reading("s9", 0.0, (1.0,)),
+                                             Reading("s0", 1.0, (1.0,))])
+        engine.forget("s1")
+        (admitted,) = await engine.submit([Reading("s9", 0.0, (1.0,))])
+    assert all(isinstance(r, Result) for r in first)
+    assert isinstance(refused, CapacityError) and refused.status == 503
+    assert isinstance(kept, Result) and isinstance(admitted, Result)
+
+
+async def test_idle_streams_are_forgotten_after_the_ttl(tmp_path) -> None:
+    settings = make_settings(tmp_path, state={"ttl_s": 0.05})
+    async with running_engine(settings) as engine:
+        await engine.submit([Reading("old", 0.0, (1.0,))])
+        await asyncio.sleep(0.1)
+        await engine.submit([Reading("new", 0.0, (1.0,))])
+        await asyncio.sleep(0.03)  # the sweep runs every ttl/2
+        await engine.submit([Reading("new", 1.0, (1.0,))])
+        assert engine.stream_ids(None, 10)[0] == ["new"]
+
+
+async def test_routes_and_per_stream_thresholds_apply_to_new_streams(tmp_path) -> None:
+    models = tmp_path / "models"
+    shutil.copytree(MODELS_DIR / "default", models / "default")
+    shutil.copytree(MODELS_DIR / "default", models / "pumps")
+    settings = make_settings(
+        tmp_path,
+        model={"dir": models, "routes": [{"pattern": "pump-*", "model": "pumps"}]},
+        scoring={"stream_thresholds": [{"pattern": "*-critical", "threshold": 0.5}]},
+    )
+    async with running_engine(settings) as engine:
+        pump, other, critical = await engine.submit([
+            Reading("pump-1", 0.0, (1.0,)),
+            Reading("fan-1", 0.0, (1.0,)),
+            Reading("fan-critical", 0.0, (1.0,)),
+        ])
+    assert (pump.model, other.model) == ("pumps", "default")
+    assert critical.threshold == 0.5 and other.threshold != 0.5
