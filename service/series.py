@@ -1,5 +1,7 @@
 """Streams from disk: one CSV is one stream, a folder of CSVs is many, validated line by line.
 
+Here, not in `training`, because the server's offline replay reads the same files.
+
 A file has a header row, a timestamp column (ISO 8601 or epoch seconds) and one or more
 numeric channel columns, comma or semicolon delimited. Every problem is a `DataError` that
 names the file and the line, so a bad row in a 20,000-line file is found in one look.
@@ -202,9 +204,10 @@ def _parse_value(path: Path, line: int, column: str, text: str, delimiter: str) 
     try:
         value = float(cell)
     except ValueError:
-        value = _decimal_comma(cell) if delimiter == ";" else None
-        if value is None:
+        parsed = _decimal_comma(cell) if delimiter == ";" else None
+        if parsed is None:
             raise DataError(path, f"column {column!r}: {cell!r} is not a number", line) from None
+        value = parsed
     if not math.isfinite(value):
         raise DataError(path, f"column {column!r} is {cell!r}; readings must be finite", line)
     return value
