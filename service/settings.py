@@ -84,7 +84,7 @@ class AlertSettings(_Group):
     close_factor: float = Field(10.0, ge=1.0, description="Hysteresis, in tail probability.")
     cooldown: int = Field(10, ge=0, description="Readings of quiet after an alert closes.")
     subscriber_queue: int = Field(1000, ge=1, description="Events buffered per subscriber.")
-    max_subscribers: int = Field(1000, ge=1)
+    max_subscribers: int = Field(1000, ge=1, description="Live alert subscribers, at most.")
     history_limit: int = Field(100_000, ge=1, description="Alerts kept in memory.")
 
 
@@ -96,17 +96,17 @@ class TimeSettings(_Group):
 
 
 class LimitSettings(_Group):
-    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
-    max_readings_per_request: int = Field(10_000, ge=1)
-    max_frame_bytes: int = Field(4 * 1024 * 1024, ge=1024)
-    max_channels: int = Field(256, ge=1)
-    max_stream_id_length: int = Field(200, ge=1)
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Request body, at most.")
+    max_readings_per_request: int = Field(10_000, ge=1, description="Per request or frame.")
+    max_frame_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="WebSocket frame; 1009.")
+    max_channels: int = Field(256, ge=1, description="Values in one reading, at most.")
+    max_stream_id_length: int = Field(200, ge=1, description="Characters in a stream id.")
 
 
 class ServerSettings(_Group):
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
-    workers: int = Field(1, ge=1)
+    host: str = Field("127.0.0.1", description="Bind address.")
+    port: int = Field(8000, ge=0, le=65535, description="Port.")
+    workers: int = Field(1, ge=1, description="Processes; each keeps its own streams.")
 
 
 class Settings(BaseSettings):
@@ -139,3 +139,22 @@ class Settings(BaseSettings):
         if config_file:
             sources += (TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)),)
         return sources
+
+
+def settings_table() -> str:
+    """Every setting as a markdown table (environment variable, default, meaning)."""
+    rows = ["| environment variable | default | meaning |", "|---|---|---|"]
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, info in model.model_fields.items():
+            annotation = info.annotation
+            if isinstance(annotation, type) and issubclass(annotation, _Group):
+                walk(annotation, f"{prefix}{name.upper()}__")
+                continue
+            default = info.get_default(call_default_factory=True)
+            shown = str(default).replace(str(BUNDLED_MODELS_DIR), "<repo>/models")
+            meaning = (info.description or "").replace("|", "\\|")
+            rows.append(f"| `{prefix}{name.upper()}` | `{shown}` | {meaning} |")
+
+    walk(Settings, "STREAMWATCH_")
+    return "\n".join(rows)
