@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from service.errors import ModelLoadError
+from service.model import Calibration, ModelCard, Normalization, sha256_of
+from service.model import Forecaster as ServedForecaster
+from training.export import ParityError, check_parity, export_model, export_onnx
+from training.model import Forecaster
+
+CELLS = [("gru", "tanh"), ("lstm", "tanh"), ("rnn", "tanh"), ("rnn", "relu")]
+
+
+def _model(cell: str = "gru", nonlinearity: str = "tanh", seed: int = 0) -> Forecaster:
+    torch.manual_seed(seed)
+    model = Forecaster(cell, hidden_size=16, num_layers=2, channels=2, nonlinearity=nonlinearity)
+    with torch.no_grad():
+        model.head.weight.normal_(std=0.3)  # the initial head is nearly silent
+    model.set_normalization(torch.tensor([3.0, -1.0]), torch.tensor([2.0, 0.5]))
+    return model.eval()
+
+
+def _readings(streams: int = 5) -> np.ndarray:
+    """A real-looking 1,000-step sequence: random walks around the model's mean."""
+    rng = np.random.default_rng(0)
+    walk = rng.normal(scale=0.3, size=(1000, streams, 2)).cumsum(axis=0)
+    return (walk + np.array([3.0, -1.0])).astype(np.float32)  # (time, streams, channels)
+
+
+def _card(model: Forecaster) -> ModelCard:
+    return ModelCard(
+        name="tiny",
+        version="1",
+        created="2024-01-01T00:00:00+00:00",
+        cell=model.cell,
+        nonlinearity=model.nonlinearity,
+        hidden_size=model.hidden_size,
+        num_layers=model.num_layers,
+        channels=["a", "b"],
+        normalization=Normalization(mean=[3.0, -1.0], std=[2.0, 0.5], per_stream=False),
+        calibration=Calibration(abs_z=[0.0, 1.0, 2.0], log_tail=[0.0, -1.0, -3.0]),
+        threshold=0.9999,
+        opset=17,
+        sha256="",
+    )
+
+
+@pytest.mark.parametrize(("cell", "nonlinearity"), CELLS)
+def test_onnx_step_matches_pytorch_over_1000_steps_at_batch_1_and_37(
+    tmp_path: Path, cell: str, nonlinearity: str
+) -> None:
+    model = _model(cell, nonlinearity)
+    path = tmp_path / "model.onnx"
+    export_onnx(model, path)
+    assert check_parity(model, path, _readings(), batch_sizes=(1, 37)) <= 1e-4
+
+
+@pytest.mark.parametrize(("cell", "state"), [("gru", ["h"]), ("lstm", ["h", "c"])])
+def test_graph_has_the_contract_names_and_a_dynamic_batch_axis(
+    tmp_path: Path, cell: str, state: list[str]
+) -> None:
+    path = tmp_path / "model.onnx"
+    export_onnx(_model(cell), path)
+    graph = onnx.load(str(path)).graph
+
+    def dims(values: list[onnx.ValueInfoProto]) -> dict[str, list[str | int]]:
+        return {
+            v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in values
+        }
+
+    expected_state = {name: [2, "batch", 16] for name in state}
+    assert dims(list(graph.input)) == {"x": ["batch", 2], **expected_state}
+    assert dims(list(graph.output)) == {
+        "loc": ["batch", 2],
+        "scale": ["batch", 2],
+        **{f"{name}_out": shape for name, shape in expected_state.items()},
+    }
+
+
+def test_parity_check_catches_a_graph_that_is_not_the_model(tmp_path: Path) -> None:
+    path = tmp_path / "model.onnx"
+    export_onnx(_model(seed=0), path)
+    with pytest.raises(ParityError, match="differs from PyTorch by .* at batch 1"):
+        check_parity(_model(seed=1), path, _readings())
+
+
+def test_exported_model_loads_in_the_server_and_steps_like_pytorch(tmp_path: Path) -> None:
+    model = _model("lstm")
+    card = export_model(model, tmp_path, _card(model), _readings())
+    assert card.sha256 == sha256_of(tmp_path / "model.onnx")
+    assert card.metrics["onnx_parity_max_abs_diff"] <= 1e-4
+    served = ServedForecaster.load(tmp_path)
+    assert served.card == card
+    x = _readings()[0]  # (streams, channels)
+    loc, scale, state = served.step(x, served.initial_state(x.shape[0]))
+    with torch.no_grad():
+        t_loc, t_scale, t_state = model.step(torch.from_numpy(x), model.initial_state(x.shape[0]))
+    np.testing.assert_allclose(loc, t_loc.numpy(), atol=1e-5)
+    np.testing.assert_allclose(scale, t_scale.numpy(), atol=1e-5)
+    np.testing.assert_allclose(state[1], t_state[1].numpy(), atol=1e-5)
+
+
+def test_an_export_that_fails_leaves_no_files_behind(tmp_path: Path) -> None:
+    model = _model()
+    bad_card = dataclasses.replace(_card(model), threshold=1.5)  # the server refuses it
+    with pytest.raises(ModelLoadError, match="threshold"):
+        export_model(model, tmp_path, bad_card, _readings())
+    assert list(tmp_path.iterdir()) == []
