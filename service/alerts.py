@@ -8,11 +8,12 @@ ingestion never waits for a slow reader.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import fnmatch
 import itertools
 from collections import OrderedDict, deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Literal
@@ -57,21 +58,62 @@ class Alert:
         }
 
 
+EventKind = Literal["opened", "closed"]
+
+
 @dataclass(frozen=True, slots=True)
 class AlertEvent:
     seq: int
-    event: Literal["opened", "closed"]
+    event: EventKind
     alert: Alert
 
     def to_json(self) -> dict[str, object]:
         return {"seq": self.seq, "event": self.event, "alert": self.alert.to_json()}
 
 
-class AlertLog:
-    """Every alert event, in order; the latest version of each alert, newest kept.
+class AlertLog(abc.ABC):
+    """Every alert event, in order, under a sequence number; the latest version of each alert.
 
-    This is the in-memory log; it forgets on restart and keeps at most `limit` alerts.
+    The engine hands each round's events to `extend` (one write, durable when it returns)
+    before anyone hears of them. Here: `MemoryAlertLog`, which forgets on restart; durable
+    ones live in `service.store` (SQLite, Redis).
     """
+
+    @abc.abstractmethod
+    def extend(self, events: Sequence[tuple[EventKind, Alert]]) -> list[AlertEvent]:
+        """Append events in one write; returns them numbered, in the order given."""
+
+    def append(self, event: EventKind, alert: Alert) -> AlertEvent:
+        return self.extend([(event, alert)])[0]
+
+    @abc.abstractmethod
+    def events_after(self, seq: int) -> Iterator[AlertEvent]:
+        """The events numbered after `seq`, oldest first (a resuming subscriber's replay)."""
+
+    @abc.abstractmethod
+    def alerts(
+        self,
+        *,
+        stream: str | None = None,
+        since: float | None = None,
+        open_only: bool | None = None,
+        before_id: str | None = None,
+        limit: int = 100,
+    ) -> tuple[list[Alert], str | None]:
+        """The latest version of each alert, last changed first; the cursor is the id of
+        the last alert returned when more follow."""
+
+    @abc.abstractmethod
+    def open_alerts(self) -> list[Alert]:
+        """Every alert whose latest event is `opened`."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release files or connections."""
+
+
+class MemoryAlertLog(AlertLog):
+    """The in-memory log: forgets on restart and keeps at most `limit` alerts."""
 
     def __init__(self, limit: int) -> None:
         self._limit = limit
@@ -79,7 +121,10 @@ class AlertLog:
         self._alerts: OrderedDict[str, Alert] = OrderedDict()
         self._seq = itertools.count(1)
 
-    def append(self, event: Literal["opened", "closed"], alert: Alert) -> AlertEvent:
+    def extend(self, events: Sequence[tuple[EventKind, Alert]]) -> list[AlertEvent]:
+        return [self._append(event, alert) for event, alert in events]
+
+    def _append(self, event: EventKind, alert: Alert) -> AlertEvent:
         record = AlertEvent(next(self._seq), event, alert)
         self._events.append(record)
         self._alerts[alert.id] = alert
@@ -87,6 +132,12 @@ class AlertLog:
         while len(self._alerts) > self._limit:
             self._alerts.popitem(last=False)
         return record
+
+    def open_alerts(self) -> list[Alert]:
+        return [alert for alert in self._alerts.values() if alert.is_open]
+
+    def close(self) -> None:
+        """Nothing to release."""
 
     def events_after(self, seq: int) -> Iterator[AlertEvent]:
         return (e for e in self._events if e.seq > seq)

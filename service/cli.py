@@ -7,9 +7,16 @@ install without the `train` extra still has a working `streamwatch serve`.
 from __future__ import annotations
 
 import argparse
+import gc
+import logging
+import logging.config
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 _TRAINING_COMMANDS = {"train", "export", "evaluate"}
 
@@ -54,6 +61,8 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.app import create_app
+    from service.logs import log_config
+    from service.security import bind_host
     from service.settings import Settings
 
     overrides: dict[str, object] = {}
@@ -63,6 +72,11 @@ def _serve(args: argparse.Namespace) -> int:
     if args.models_dir is not None:
         overrides["model"] = {"dir": args.models_dir}
     settings = Settings(**overrides)  # type: ignore[arg-type]
+    gc.set_threshold(*settings.server.gc_thresholds)
+    logging.config.dictConfig(log_config(settings.log))
+    logging.captureWarnings(True)  # warnings become log lines too, not bare stderr text
+    host = bind_host(settings.server.host, keyed=bool(settings.security.api_keys))
+    _say_who_may_connect(settings, host)
     app: object = create_app(settings)
     if settings.server.workers > 1:
         print(
@@ -76,13 +90,31 @@ def _serve(args: argparse.Namespace) -> int:
     uvicorn.run(
         app,  # type: ignore[arg-type]
         factory=isinstance(app, str),
-        host=settings.server.host,
+        host=host,
         port=settings.server.port,
         workers=settings.server.workers,
         ws_max_size=settings.limits.max_frame_bytes,
-        log_level="info",
+        log_config=log_config(settings.log),
+        log_level=settings.log.level.lower(),
+        access_log=False,  # ours (service.api.access) has the request id and no query string
     )
     return 0
+
+
+def _say_who_may_connect(settings: Settings, host: str) -> None:
+    log = logging.getLogger("streamwatch")
+    keys = settings.security.api_keys
+    if keys:
+        log.info("%d API key(s); every route but /healthz and /readyz needs one", len(keys))
+    elif host != settings.server.host:
+        log.warning(
+            "no API keys configured: the server is open, so it listens on %s only, not on %s; "
+            "set STREAMWATCH_SECURITY__API_KEYS to listen there",
+            host,
+            settings.server.host,
+        )
+    else:
+        log.warning("no API keys configured: the server is open, listening on %s only", host)
 
 
 def _training(argv: list[str]) -> int:

@@ -9,20 +9,24 @@ strictly in order), and makes one model call per model per round (`service.stepp
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
+from service import scoring
 from service.alerts import Alert
 from service.errors import (
     CapacityError,
     InvalidReadingError,
     ModelMismatchError,
+    RoundFailedError,
     ShuttingDownError,
+    StoreUnavailableError,
     StreamwatchError,
     UnknownStreamError,
 )
@@ -30,9 +34,51 @@ from service.model import ModelCard
 from service.registry import ModelRegistry
 from service.settings import Settings
 from service.state import ArenaLayout, StateArena
-from service.stepper import Outcome, Reading, Stepper, StreamInfo
+from service.stepper import Outcome, Reading, StateCopy, Stepper, StreamBatch, StreamInfo
+
+log = logging.getLogger(__name__)
 
 AlertSink = Callable[[list[tuple[str, Alert]]], None]
+
+
+class SharedState(Protocol):
+    """Streams' state kept outside this process between rounds, shared by replicas (Redis).
+
+    Each round loads its streams before stepping and saves them after: one round trip each.
+    """
+
+    def load(self, stream_ids: Sequence[str]) -> list[StreamBatch]:
+        """The stored state of those of `stream_ids` that have any, one batch per model."""
+        ...
+
+    def save(self, batches: Sequence[StreamBatch]) -> None: ...
+
+    def delete(self, stream_id: str) -> None: ...
+
+
+class EngineObserver(Protocol):
+    """Told what each round did (metrics); called once per round and model, so keep it cheap."""
+
+    def stepped(self, model: str, outcomes: Sequence[Outcome], seconds: float) -> None: ...
+
+    def refused(self, errors: Sequence[StreamwatchError]) -> None: ...
+
+    def round_done(self, size: int, events: Sequence[tuple[str, Alert]]) -> None: ...
+
+
+def arena_layout(card: ModelCard, settings: Settings) -> ArenaLayout:
+    """The per-stream arrays a model's streams need under these settings."""
+    return ArenaLayout(
+        state_names=card.state_names,
+        num_layers=card.num_layers,
+        hidden_size=card.hidden_size,
+        channels=card.n_channels,
+        window=max(settings.scoring.windows),
+        tail_bins=scoring.TAIL_BINS,
+    )
+
+
+_Waiting = tuple["_Job", int]  # a reading waiting for its round: its job, its index there
 
 
 @dataclass(eq=False)
@@ -46,8 +92,17 @@ class _Job:
 class Engine:
     """Micro-batches readings across streams and connections; owns every stream's state."""
 
-    def __init__(self, registry: ModelRegistry, settings: Settings, on_alerts: AlertSink) -> None:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        settings: Settings,
+        on_alerts: AlertSink,
+        observer: EngineObserver | None = None,
+        shared: SharedState | None = None,
+    ) -> None:
         self.registry = registry
+        self._observer = observer
+        self._shared = shared
         self._engine = settings.engine
         self._state_settings = settings.state
         self._on_alerts = on_alerts
@@ -56,7 +111,10 @@ class Engine:
             for name, model in registry.models.items()
         }
         self._bound: dict[str, str] = {}  # stream_id -> model name
-        self._pending: OrderedDict[str, deque[tuple[_Job, int]]] = OrderedDict()
+        self._channels = {name: model.card.n_channels for name, model in registry.models.items()}
+        # stream_id -> its waiting reading, or a deque of them when it has several: most
+        # streams have one, and a deque per reading costs more than the rest of submit().
+        self._pending: OrderedDict[str, _Waiting | deque[_Waiting]] = OrderedDict()
         self._n_pending = 0
         self._wakeup = asyncio.Event()
         self._full = asyncio.Event()
@@ -66,13 +124,7 @@ class Engine:
 
     @staticmethod
     def _new_arena(card: ModelCard, settings: Settings) -> StateArena:
-        layout = ArenaLayout(
-            state_names=card.state_names,
-            num_layers=card.num_layers,
-            hidden_size=card.hidden_size,
-            channels=card.n_channels,
-            window=settings.scoring.window,
-        )
+        layout = arena_layout(card, settings)
         return StateArena(layout, settings.state.initial_capacity, settings.state.max_streams)
 
     async def start(self) -> None:
@@ -87,30 +139,40 @@ class Engine:
 
     async def submit(self, readings: Sequence[Reading]) -> list[Outcome]:
         """Apply readings (in order per stream); one outcome per reading, in the same order."""
+        return await self.enqueue(readings)
+
+    def enqueue(self, readings: Sequence[Reading]) -> asyncio.Future[list[Outcome]]:
+        """Queue readings now; the future gets what `submit` returns. For a caller that must
+        queue in arrival order and wait later (pipelined WebSocket frames) without a task."""
         if self._closing or self._task is None:
             raise ShuttingDownError("the engine is not running")
+        job = _Job(readings, asyncio.get_running_loop().create_future())
         if not readings:
-            return []
+            job.future.set_result([])
+            return job.future
         if self._n_pending + len(readings) > self._engine.max_queued:
             raise CapacityError(f"{self._n_pending} readings are queued already; retry shortly")
-        job = _Job(readings, asyncio.get_running_loop().create_future())
         job.outcomes = [None] * len(readings)
         job.remaining = len(readings)
         pending = self._pending
         for index, reading in enumerate(readings):
-            queue = pending.get(reading.stream_id)
-            if queue is None:
-                pending[reading.stream_id] = queue = deque()
-            queue.append((job, index))
+            waiting = pending.get(reading.stream_id)
+            if waiting is None:
+                pending[reading.stream_id] = (job, index)
+            elif isinstance(waiting, deque):
+                waiting.append((job, index))
+            else:
+                pending[reading.stream_id] = deque((waiting, (job, index)))
         self._n_pending += len(readings)
         self._wakeup.set()
         if self._n_pending >= self._engine.max_batch:
             self._full.set()
-        return await job.future
+        return job.future
 
     # -- the loop ---------------------------------------------------------------------------
 
     async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
         backlog = False
         next_sweep = time.monotonic()
         while True:
@@ -121,10 +183,19 @@ class Engine:
                 await self._wakeup.wait()
                 continue
             if not backlog and self._n_pending < self._engine.max_batch:
+                # A timer that sets the event, not asyncio.wait_for: wait_for makes a task per
+                # round, which costs more than a small round's Python work.
                 self._full.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._full.wait(), self._engine.max_wait_ms / 1000)
-            self._run_round(self._take_round())
+                timer = loop.call_later(self._engine.max_wait_ms / 1000, self._full.set)
+                await self._full.wait()
+                timer.cancel()
+            items = self._take_round()
+            try:
+                self._run_round(items)
+            except Exception:  # one bad round must not stop the loop and strand every caller
+                log.exception("engine round of %d readings failed", len(items))
+                fault = RoundFailedError("the engine failed on this round; it was logged")
+                self._settle(items, [fault] * len(items))
             backlog = bool(self._pending)
             ttl_s = self._state_settings.ttl_s
             if ttl_s is not None and time.monotonic() >= next_sweep:
@@ -137,33 +208,73 @@ class Engine:
         taken: list[tuple[_Job, int]] = []
         pending = self._pending
         for _ in range(min(len(pending), self._engine.max_batch)):
-            stream_id, queue = pending.popitem(last=False)
-            taken.append(queue.popleft())
-            if queue:
-                pending[stream_id] = queue  # to the back: streams take turns
+            stream_id, waiting = pending.popitem(last=False)
+            if isinstance(waiting, deque):
+                taken.append(waiting.popleft())
+                if waiting:
+                    pending[stream_id] = waiting  # to the back: streams take turns
+            else:
+                taken.append(waiting)
         self._n_pending -= len(taken)
         return taken
 
     def _run_round(self, items: list[tuple[_Job, int]]) -> None:
         self.rounds += 1
-        outcomes: list[Outcome | None] = [None] * len(items)
-        by_model: dict[str, list[int]] = {}
-        for i, (job, index) in enumerate(items):
+        if self._shared is not None:
             try:
-                name = self._bind(job.readings[index])
-            except StreamwatchError as error:
-                outcomes[i] = error
-                continue
-            by_model.setdefault(name, []).append(i)
+                self._pull([job.readings[index].stream_id for job, index in items])
+            except StoreUnavailableError as error:
+                self._settle(items, [error] * len(items))
+                return
+        outcomes: list[Outcome | None] = [None] * len(items)
+        round_readings = [job.readings[index] for job, index in items]
+        by_model: dict[str, list[int]] = {}
+        unbound: list[StreamwatchError] = []
+        bound, channels = self._bound, self._channels
+        for i, reading in enumerate(round_readings):
+            name = bound.get(reading.stream_id)  # the common case, checked inline: ~5x cheaper
+            if name is None or reading.model is not None or len(reading.values) != channels[name]:
+                try:
+                    name = self._bind(reading)
+                except StreamwatchError as error:
+                    outcomes[i] = error
+                    unbound.append(error)
+                    continue
+            rows = by_model.get(name)
+            if rows is None:
+                by_model[name] = rows = []
+            rows.append(i)
+        observer = self._observer
         events: list[tuple[str, Alert]] = []
         for name, rows in by_model.items():
-            readings = [items[i][0].readings[items[i][1]] for i in rows]
+            whole = len(rows) == len(items)  # one model took every reading: no regrouping
+            readings = round_readings if whole else [round_readings[i] for i in rows]
+            started = time.perf_counter()
             step = self._steppers[name].apply(readings)
+            if observer is not None:
+                observer.stepped(name, step.outcomes, time.perf_counter() - started)
             events.extend(step.events)
-            for i, result in zip(rows, step.outcomes, strict=True):
-                outcomes[i] = result
-        if events:
-            self._on_alerts(events)  # durable before anyone hears of it
+            if whole:
+                outcomes = list(step.outcomes)
+            else:
+                for i, result in zip(rows, step.outcomes, strict=True):
+                    outcomes[i] = result
+        try:
+            if events:
+                self._on_alerts(events)  # durable before anyone hears of it
+            if self._shared is not None:
+                self._push(items, by_model)
+        except StoreUnavailableError as error:
+            outcomes = [error] * len(items)  # not kept, so not acknowledged
+        if observer is not None:
+            if unbound:
+                observer.refused(unbound)
+            observer.round_done(len(items), events)
+        self._settle(items, outcomes)
+
+    @staticmethod
+    def _settle(items: list[tuple[_Job, int]], outcomes: Sequence[Outcome | None]) -> None:
+        """Hand each reading's outcome to its job; a job's caller wakes when all are in."""
         for (job, index), outcome in zip(items, outcomes, strict=True):
             job.outcomes[index] = outcome
             job.remaining -= 1
@@ -194,22 +305,101 @@ class Engine:
 
     # -- streams ----------------------------------------------------------------------------
 
+    def report_refused(self, errors: Sequence[StreamwatchError]) -> None:
+        """Readings the edge refused before submitting them: counted like the engine's own."""
+        if self._observer is not None and errors:
+            self._observer.refused(errors)
+
     def forget(self, stream_id: str) -> None:
         """Drop a stream's state; an open alert closes. Its next reading starts it afresh."""
-        name = self._bound.pop(stream_id, None)
-        if name is None:
+        if self._shared is not None:
+            self._pull([stream_id])
+        if stream_id not in self._bound:
             raise UnknownStreamError(f"no stream {stream_id!r}")
-        events = self._steppers[name].release(stream_id)
+        if self._shared is not None:
+            self._shared.delete(stream_id)  # first: if Redis fails, nothing changed here
+        events = self._steppers[self._bound.pop(stream_id)].release(stream_id)
         if events:
             self._on_alerts(events)
 
     def _evict_idle(self, cutoff: float) -> None:
         for stepper in self._steppers.values():
             for stream_id in stepper.arena.idle_since(cutoff):
-                self.forget(stream_id)
+                if self._shared is None:
+                    self.forget(stream_id)
+                else:  # idle here, perhaps not on another replica: drop only this copy
+                    self._bound.pop(stream_id)
+                    stepper.release(stream_id)
                 stepper.evictions += 1
 
+    # -- persistence ------------------------------------------------------------------------
+
+    def snapshot(self) -> list[StateCopy]:
+        """Copies of every model's streams; taken between rounds, so all of one instant."""
+        return [stepper.copy() for stepper in self._steppers.values()]
+
+    def restore(self, batches: Sequence[StreamBatch]) -> None:
+        """Replace the streams of each batch's model with the batch's (before `start`).
+
+        ValueError if a stream is in two batches or a batch does not fit its model's arena
+        (then nothing changed); CapacityError if one holds more than state.max_streams.
+        """
+        owners: dict[str, str] = {}
+        for batch in batches:
+            for stream_id in batch.stream_ids:
+                if owners.setdefault(stream_id, batch.model) != batch.model:
+                    raise ValueError(f"stream {stream_id!r} is in two models' state")
+        for batch in batches:
+            self._steppers[batch.model].restore(batch)
+        self._bound = {
+            stream_id: name
+            for name, stepper in self._steppers.items()
+            for stream_id in stepper.arena.stream_ids()
+        }
+
+    def adopt(self, batches: Sequence[StreamBatch], absent: Sequence[str] = ()) -> None:
+        """Take stored state for some streams, binding each to its batch's model; those
+        in `absent` and in no batch have no stored state any more and are dropped here."""
+        stored: set[str] = set()
+        for batch in batches:
+            stepper, keep = self._steppers[batch.model], []
+            for j, stream_id in enumerate(batch.stream_ids):
+                stored.add(stream_id)
+                bound = self._bound.get(stream_id)
+                if bound != batch.model:
+                    if bound is not None:
+                        self._steppers[bound].release(stream_id)
+                        del self._bound[stream_id]
+                    try:
+                        stepper.bind(stream_id)
+                    except CapacityError:
+                        continue  # its reading will be refused the same way
+                    self._bound[stream_id] = batch.model
+                keep.append(j)
+            stepper.adopt(batch if len(keep) == len(batch.stream_ids) else batch.subset(keep))
+        for stream_id in absent:
+            if stream_id not in stored and (bound := self._bound.pop(stream_id, None)):
+                self._steppers[bound].release(stream_id)
+
+    def open_alert_ids(self) -> set[str]:
+        return set().union(*(stepper.held_alert_ids() for stepper in self._steppers.values()))
+
+    def _pull(self, stream_ids: Sequence[str]) -> None:
+        assert self._shared is not None
+        self.adopt(self._shared.load(stream_ids), stream_ids)
+
+    def _push(self, items: list[tuple[_Job, int]], by_model: dict[str, list[int]]) -> None:
+        assert self._shared is not None
+        self._shared.save([
+            self._steppers[name].export([items[i][0].readings[items[i][1]].stream_id for i in rows])
+            for name, rows in by_model.items()
+        ])
+
+    # -- streams, continued -----------------------------------------------------------------
+
     def stream_info(self, stream_id: str) -> StreamInfo:
+        if self._shared is not None:
+            self._pull([stream_id])
         name = self._bound.get(stream_id)
         if name is None:
             raise UnknownStreamError(f"no stream {stream_id!r}")

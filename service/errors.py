@@ -9,6 +9,11 @@
     ├── LimitExceededError               413  body, batch, frame or channel limit
     ├── CapacityError                    503  the arena or the queue is full
     ├── ShuttingDownError                503  the engine is stopping
+    ├── StoreUnavailableError            503  the alert log or the state store cannot be reached
+    ├── UnauthenticatedError             401  no API key, or one the server does not know
+    ├── ForbiddenError                   403  the key lacks the role the route needs
+    ├── RateLimitedError                 429  the key made too many requests; retry after a while
+    ├── RoundFailedError                 500  an unexpected fault in the engine (logged)
     └── ModelLoadError                   500  a model on disk cannot be served
 
 Errors carry no HTTP machinery: `status` and `title` are data, read by the handler.
@@ -79,6 +84,40 @@ class ShuttingDownError(StreamwatchError):
     status = 503
     title = "Shutting down"
     slug = "shutting-down"
+
+
+class UnauthenticatedError(StreamwatchError):
+    status = 401
+    title = "Not authenticated"
+    slug = "unauthenticated"
+
+
+class ForbiddenError(StreamwatchError):
+    status = 403
+    title = "Forbidden"
+    slug = "forbidden"
+
+
+class RateLimitedError(StreamwatchError):
+    status = 429
+    title = "Too many requests"
+    slug = "rate-limited"
+
+    def __init__(self, detail: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
+
+
+class StoreUnavailableError(StreamwatchError):
+    status = 503
+    title = "Store unavailable"
+    slug = "store-unavailable"
+
+
+class RoundFailedError(StreamwatchError):
+    status = 500
+    title = "Engine fault"
+    slug = "round-failed"
 
 
 class ModelLoadError(StreamwatchError):

@@ -6,12 +6,16 @@ The score means the same thing on every stream: one minus a tail probability.
    probability with the card's calibration table (measured on held-out normal data).
 2. The reading's surprise is s = -ln(min(1, F * min_c p_c)) (Bonferroni over its observed
    channels); under normal behaviour s is roughly Exp(1).
-3. s is divided by the stream's own long-run surprise level (a slow average), so a stream the
-   model forecasts less well is judged against itself, in the spirit of an anomaly likelihood.
-4. Evidence is read at two horizons: this reading alone (p = e^-s) and the last `window`
-   readings together (sum of s, each capped, ~ Gamma(window); p = its survival function).
-   The score is
-   1 - min(1, 2 * min(p_now, p_window)).
+3. s is judged against the stream's own past surprises, in the spirit of an anomaly
+   likelihood: each stream keeps a slowly forgetting histogram of its surprises (`tail`), and
+   its surprise becomes s' = -ln P(S >= s), estimated from that histogram mixed with the
+   card's calibrated tail e^-s worth `tail_prior` readings. A stream whose forecasts often
+   miss by this much is not alarmed by one more such miss; a stream that never missed so
+   badly is. Only readings past a stream's warm-up enter its histogram.
+4. Evidence is read at several horizons: this reading alone (p = e^-s') and, for each of
+   the `windows`, the last w readings together (sum of s', each capped, ~ Gamma(w); p = its
+   survival function). With H horizons the score is
+   1 - min(1, H * min_h p_h).
 
 The alert rule opens when the score is at or above the threshold for k of the last m readings,
 closes once none of the last m reached the (lower) closing threshold, and then keeps quiet for
@@ -20,6 +24,7 @@ a cooldown.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -28,10 +33,15 @@ import numpy as np
 from service.model import Calibration
 
 _TAIL_POINTS = np.concatenate([[1.0], np.logspace(-0.5, -6, 23)])  # probabilities in the table
-_LEVEL_CAP = 10.0  # one reading moves the long-run level by at most this much surprise
-# A reading adds at most this to the pooled window, so a lone spike (judged on its own at
+# A reading adds at most this to a pooled window, so a lone spike (judged on its own at
 # full weight) does not keep its neighbours flagged for a whole window.
 _POOL_CAP = 8.0
+# Bin edges of the per-stream surprise histogram: one nat wide where most readings fall,
+# wider far out; a surprise beyond the last edge is taken as the last edge.
+TAIL_EDGES = np.array(
+    [*range(10), 10, 12, 14, 16, 18, 20, 25, 30, 40, 50, 70, 100, 150, 200, 300, 1000], np.float64
+)
+TAIL_BINS = len(TAIL_EDGES) - 1
 
 
 def fit_calibration(abs_z: np.ndarray) -> Calibration:
@@ -64,55 +74,86 @@ def surprise(z: np.ndarray, observed: np.ndarray, calibration: Calibration) -> n
     return np.maximum(0.0, -channel_log_p.min(axis=1) - np.log(n_observed))
 
 
+@functools.cache
+def _log_factorials(n: int) -> np.ndarray:
+    """ln k! for k < n."""
+    return np.array([math.lgamma(k + 1) for k in range(n)])
+
+
 def _gamma_log_sf(x: np.ndarray, shape: int) -> np.ndarray:
     """ln P(Gamma(shape, 1) >= x) for integer shape: -x + ln sum_{k<shape} x^k / k!."""
     x = np.maximum(x, 1e-12)
-    k = np.arange(shape)
-    log_terms = k * np.log(x)[:, None] - np.array([math.lgamma(i + 1) for i in k])
+    log_terms = np.arange(shape) * np.log(x)[:, None] - _log_factorials(shape)
     peak = log_terms.max(axis=1)
     return -x + peak + np.log(np.exp(log_terms - peak[:, None]).sum(axis=1))
 
 
 @dataclass(frozen=True)
 class ScoringParams:
-    window: int = 6
-    level_alpha: float = 0.002
-    level_min: float = 0.5
-    level_max: float = 10.0
+    windows: tuple[int, ...] = (6, 24)
+    tail_decay: float = 0.001  # per reading: the histogram remembers ~1 / tail_decay readings
+    tail_prior: float = 100.0  # readings' worth of the card's calibrated tail
+
+    @property
+    def history(self) -> int:
+        """Readings of relative surprise each stream keeps: the longest window."""
+        return max(self.windows, default=1)
 
 
 @dataclass(frozen=True)
 class ScoreUpdate:
     score: np.ndarray  # (batch,)
-    history: np.ndarray  # (batch, window) the last `window` relative surprises
-    level: np.ndarray  # (batch,)
+    history: np.ndarray  # (batch, history) the last relative surprises, each capped
+    tail: np.ndarray  # (batch, TAIL_BINS) decayed counts of past surprises per bin
+
+
+def stream_surprise(s: np.ndarray, tail: np.ndarray, params: ScoringParams) -> np.ndarray:
+    """-ln P(S >= s) under each stream's own surprise histogram and the calibrated prior.
+
+    s: (batch,) surprises; tail: (batch, TAIL_BINS) decayed counts. A past surprise is
+    spread evenly over its bin when counting how many reached s; those in the last bin (the
+    model missed by a mile) reach any s.
+    """
+    low, high = TAIL_EDGES[:-1], TAIL_EDGES[1:]
+    above = np.clip((high - s[:, None]) / (high - low), 0.0, 1.0)  # (batch, bins)
+    above[:, -1] = 1.0
+    reached = (tail * above).sum(axis=1)
+    p = (reached + params.tail_prior * np.exp(-s)) / (tail.sum(axis=1) + params.tail_prior)
+    return -np.log(np.clip(p, 1e-300, 1.0))
 
 
 def score(
     s: np.ndarray,
     history: np.ndarray,
-    level: np.ndarray,
+    tail: np.ndarray,
     scorable: np.ndarray,
     params: ScoringParams,
+    learn: np.ndarray | None = None,
 ) -> ScoreUpdate:
-    """Score surprises s (batch,) against each stream's history and level.
+    """Score surprises s (batch,) against each stream's history and surprise histogram.
 
     Rows not `scorable` (no forecast yet, nothing observed) score 0 and leave history and
-    level unchanged.
+    tail unchanged. Only rows in `learn` (default: the scorable ones) add their surprise to
+    the histogram: a stream's first forecasts, made from a cold state, miss by a mile and
+    must not teach it that missing by a mile is normal.
     """
-    relative = s / level
-    pooled = np.minimum(relative, _POOL_CAP)
+    s = np.minimum(s, TAIL_EDGES[-1])  # beyond this every reading is equally damning
+    relative = stream_surprise(s, tail, params)
+    pooled = np.minimum(relative, _POOL_CAP).astype(history.dtype)
     new_history = np.concatenate([history[:, 1:], pooled[:, None]], axis=1)
-    log_p_now = -relative
-    log_p_window = _gamma_log_sf(new_history.sum(axis=1), params.window)
-    log_p = np.minimum(0.0, np.minimum(log_p_now, log_p_window) + math.log(2.0))
+    log_p = -relative
+    for w in params.windows:
+        pooled_sum = new_history[:, -w:].sum(axis=1, dtype=np.float64)
+        log_p = np.minimum(log_p, _gamma_log_sf(pooled_sum, w))
+    log_p = np.minimum(0.0, log_p + math.log(1 + len(params.windows)))
     value = np.where(scorable, 0.0 - np.expm1(log_p), 0.0)
-    new_level = level + params.level_alpha * (np.minimum(s, _LEVEL_CAP) - level)
-    new_level = np.clip(new_level, params.level_min, params.level_max)
+    bins = np.searchsorted(TAIL_EDGES, s, side="right") - 1  # (batch,) in [0, TAIL_BINS)
+    new_tail = tail * (1.0 - params.tail_decay)
+    new_tail[np.arange(len(s)), np.minimum(bins, TAIL_BINS - 1)] += 1.0
     return ScoreUpdate(
         score=value,
         history=np.where(scorable[:, None], new_history, history),
-        level=np.where(scorable, new_level, level),
+        tail=np.where((scorable if learn is None else scorable & learn)[:, None], new_tail, tail),
     )
 
 
@@ -129,7 +170,7 @@ class AlertParams:
     k: int = 1
     m: int = 3
     close_factor: float = 10.0  # closing threshold: tail probability this many times larger
-    cooldown: int = 10  # readings after a close during which no alert opens
+    cooldown: int = 100  # readings after a close during which no alert opens
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -68,8 +68,18 @@ class NormalizationSettings(_Group):
 
 
 class ScoringSettings(_Group):
-    window: int = Field(6, ge=1, le=64, description="Readings whose surprise is pooled.")
-    level_alpha: float = Field(0.002, gt=0.0, lt=1.0, description="Long-run level weight.")
+    windows: list[Annotated[int, Field(ge=2, le=512)]] = Field(
+        default_factory=lambda: [6, 24],
+        min_length=1,
+        max_length=8,
+        description="Readings whose surprise is pooled: one test per window, besides the reading.",
+    )
+    tail_decay: float = Field(
+        0.001, gt=0.0, lt=1.0, description="How fast a stream forgets its own past surprises."
+    )
+    tail_prior: float = Field(
+        100.0, ge=0.0, description="Weight of the model's calibrated tail, in readings."
+    )
     thresholds: dict[str, float] = Field(
         default_factory=dict, description="Per-model threshold, overriding the card's."
     )
@@ -82,10 +92,10 @@ class AlertSettings(_Group):
     k: int = Field(1, ge=1, description="An alert opens at k scores over threshold ...")
     m: int = Field(3, ge=1, le=32, description="... among the last m readings.")
     close_factor: float = Field(10.0, ge=1.0, description="Hysteresis, in tail probability.")
-    cooldown: int = Field(10, ge=0, description="Readings of quiet after an alert closes.")
+    cooldown: int = Field(100, ge=0, description="Readings of quiet after an alert closes.")
     subscriber_queue: int = Field(1000, ge=1, description="Events buffered per subscriber.")
     max_subscribers: int = Field(1000, ge=1, description="Live alert subscribers, at most.")
-    history_limit: int = Field(100_000, ge=1, description="Alerts kept in memory.")
+    history_limit: int = Field(100_000, ge=1, description="Alerts kept in the log.")
 
 
 class TimeSettings(_Group):
@@ -103,10 +113,80 @@ class LimitSettings(_Group):
     max_stream_id_length: int = Field(200, ge=1, description="Characters in a stream id.")
 
 
+Role = Literal["ingest", "read", "admin"]
+
+
+class ApiKey(_Group):
+    """One API key: the key itself, or better the sha256 hex of it (`sha256sum` of the key)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$", description="Shown in logs, not the key.")
+    roles: list[Role] = Field(min_length=1, description="admin may do everything.")
+    key: SecretStr | None = Field(None, min_length=16, description="The key, in plain text.")
+    sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$", description="Its sha256, hex.")
+
+    @model_validator(mode="after")
+    def _one_form(self) -> ApiKey:
+        if (self.key is None) == (self.sha256 is None):
+            raise ValueError(f"API key {self.name!r}: give exactly one of `key` or `sha256`")
+        return self
+
+
+class SecuritySettings(_Group):
+    api_keys: list[ApiKey] = Field(
+        default_factory=list,
+        description='JSON list of {"name", "roles" (of ingest, read, admin), "key" or "sha256"}; '
+        "none: open, and bound to 127.0.0.1 only.",
+    )
+    rate_per_s: float | None = Field(
+        1000.0, gt=0.0, description="Requests (and WebSocket frames) per second per key."
+    )
+    rate_burst: int = Field(2000, ge=1, description="Requests a key may make at once.")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> SecuritySettings:
+        names = [k.name for k in self.api_keys]
+        if len(set(names)) != len(names):
+            raise ValueError("API key names must be unique")
+        return self
+
+
+class LogSettings(_Group):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    json_lines: bool = Field(True, description="One JSON object per line; else plain text.")
+    access: bool = Field(True, description="One line per request, with its id.")
+
+
+class StoreSettings(_Group):
+    """Where alerts and stream state persist (see `service.store`)."""
+
+    backend: Literal["sqlite", "redis", "memory"] = Field(
+        "sqlite",
+        description="sqlite: alert log + state snapshots in data_dir; redis: shared by replicas; "
+        "memory: nothing kept (tests).",
+    )
+    snapshot_interval_s: float = Field(
+        30.0, gt=0.0, description="sqlite: seconds between state snapshots (and one at shutdown)."
+    )
+    sqlite_synchronous: Literal["NORMAL", "FULL"] = Field(
+        "FULL", description="FULL survives power loss; NORMAL (WAL) only a crashed process."
+    )
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="redis: the server to use.")
+    redis_prefix: str = Field(
+        "streamwatch:", min_length=1, description="redis: prefix of every key written."
+    )
+    redis_timeout_s: float = Field(2.0, gt=0.0, description="redis: connect and command timeout.")
+
+
 class ServerSettings(_Group):
     host: str = Field("127.0.0.1", description="Bind address.")
     port: int = Field(8000, ge=0, le=65535, description="Port.")
     workers: int = Field(1, ge=1, description="Processes; each keeps its own streams.")
+    gc_thresholds: tuple[int, int, int] = Field(
+        (10_000, 50, 50),
+        description="The server's garbage-collector thresholds (Python's are 700, 10, 10): a "
+        "batch allocates thousands of objects at once, and the default then collects so often "
+        "that it costs a third of the time.",
+    )
 
 
 class Settings(BaseSettings):
@@ -124,6 +204,9 @@ class Settings(BaseSettings):
     time: TimeSettings = TimeSettings()
     limits: LimitSettings = LimitSettings()
     server: ServerSettings = ServerSettings()
+    security: SecuritySettings = SecuritySettings()
+    log: LogSettings = LogSettings()
+    store: StoreSettings = StoreSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.alerts import Alert, AlertBus, AlertFilter, AlertLog
+from service.alerts import Alert, AlertBus, AlertFilter, MemoryAlertLog
 from service.errors import CapacityError
 
 pytestmark = pytest.mark.anyio
@@ -18,7 +18,7 @@ def _alert(i: int, stream: str = "pump-1", score: float = 0.99999,
 
 
 async def test_a_slow_subscriber_loses_its_oldest_events_and_is_told_how_many() -> None:
-    bus, log = AlertBus(max_subscribers=2, queue_size=3), AlertLog(limit=100)
+    bus, log = AlertBus(max_subscribers=2, queue_size=3), MemoryAlertLog(limit=100)
     slow = bus.subscribe(AlertFilter())
     for i in range(5):
         bus.publish(log.append("opened", _alert(i)))
@@ -28,7 +28,7 @@ async def test_a_slow_subscriber_loses_its_oldest_events_and_is_told_how_many() 
 
 
 async def test_subscribers_get_only_what_their_filter_matches() -> None:
-    bus, log = AlertBus(max_subscribers=2, queue_size=10), AlertLog(limit=100)
+    bus, log = AlertBus(max_subscribers=2, queue_size=10), MemoryAlertLog(limit=100)
     pumps = bus.subscribe(AlertFilter(stream="pump-*", min_score=0.999))
     bus.publish(log.append("opened", _alert(1, stream="fan-1")))
     bus.publish(log.append("opened", _alert(2, stream="pump-2", score=0.9)))
@@ -45,7 +45,7 @@ def test_subscribers_are_capped() -> None:
 
 
 def test_the_log_pages_newest_first_and_keeps_the_latest_version() -> None:
-    log = AlertLog(limit=100)
+    log = MemoryAlertLog(limit=100)
     for i in range(5):
         log.append("opened", _alert(i))
     log.append("closed", _alert(1, closed=7.0))

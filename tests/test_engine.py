@@ -249,3 +249,38 @@ async def test_routes_and_per_stream_thresholds_apply_to_new_streams(tmp_path) -
         ])
     assert (pump.model, other.model) == ("pumps", "default")
     assert critical.threshold == 0.5 and other.threshold != 0.5
+
+
+class _FailsOnce:
+    """An observer that raises on the first round it is told of: a fault inside a round."""
+
+    def __init__(self) -> None:
+        self.rounds = 0
+
+    def stepped(self, model: str, outcomes: object, seconds: float) -> None:
+        self.rounds += 1
+        if self.rounds == 1:
+            raise RuntimeError("injected fault")
+
+    def refused(self, errors: object) -> None:
+        pass
+
+    def round_done(self, size: int, events: object) -> None:
+        pass
+
+
+async def test_a_fault_in_one_round_fails_its_readings_and_the_engine_goes_on(settings) -> None:
+    from service.engine import Engine
+    from service.errors import RoundFailedError
+    from service.registry import ModelRegistry
+
+    engine = Engine(ModelRegistry.load(settings.model), settings, lambda events: None,
+                    observer=_FailsOnce())
+    await engine.start()
+    try:
+        (failed,) = await asyncio.wait_for(engine.submit([Reading("a", 0.0, (1.0,))]), 5)
+        (ok,) = await asyncio.wait_for(engine.submit([Reading("b", 0.0, (1.0,))]), 5)
+    finally:
+        await engine.stop()
+    assert isinstance(failed, RoundFailedError) and failed.status == 500
+    assert isinstance(ok, Result)

@@ -37,18 +37,21 @@ def test_surprise_ignores_missing_channels_and_corrects_for_many() -> None:
 
 
 def _score_series(s: np.ndarray, params: scoring.ScoringParams) -> np.ndarray:
-    history = np.ones((1, params.window))
-    level = np.ones(1)
-    out = []
-    for value in s:
-        update = scoring.score(np.array([value]), history, level, np.array([True]), params)
-        history, level = update.history, update.level
-        out.append(update.score[0])
-    return np.array(out)
+    """Scores of surprises s: (time,) for one stream, or (time, streams) side by side."""
+    s = s.reshape(len(s), -1)
+    history = np.ones((s.shape[1], params.history), np.float32)  # as the arena keeps them
+    tail = np.zeros((s.shape[1], scoring.TAIL_BINS), np.float32)
+    scorable = np.ones(s.shape[1], bool)
+    out = np.empty(s.shape)
+    for t, row in enumerate(s):
+        update = scoring.score(row, history, tail, scorable, params)
+        history, tail = update.history, update.tail
+        out[t] = update.score
+    return out.squeeze(axis=1) if out.shape[1] == 1 else out
 
 
 def test_scores_of_normal_surprises_rarely_pass_a_strict_threshold() -> None:
-    s = np.random.default_rng(1).exponential(size=50_000)  # calibrated: s ~ Exp(1)
+    s = np.random.default_rng(1).exponential(size=(1000, 50))  # calibrated: s ~ Exp(1)
     scores = _score_series(s, scoring.ScoringParams())
     assert scores.min() >= 0.0 and scores.max() <= 1.0
     assert (scores >= 0.9999).mean() < 5e-4
@@ -65,10 +68,37 @@ def test_a_single_spike_and_a_sustained_shift_both_score_high() -> None:
     assert scores[85] > 0.9999 and scores[80] < 0.99
 
 
-def test_a_stream_judged_against_its_own_level() -> None:
-    params = scoring.ScoringParams(level_alpha=0.05)
-    noisy = _score_series(np.full(400, 3.0), params)
-    assert noisy[-1] < 0.99  # a stream that is always this surprising is not anomalous
+def test_a_fresh_stream_is_judged_by_the_calibrated_tail_alone() -> None:
+    s = np.array([0.5, 3.0, 12.0, 40.0])
+    empty = np.zeros((4, scoring.TAIL_BINS))
+    assert scoring.stream_surprise(s, empty, scoring.ScoringParams()) == pytest.approx(s)
+
+
+def test_a_stream_is_judged_against_its_own_past_surprises() -> None:
+    # The same miss (s = 12, about one in 160,000 under the calibration) alarms a stream the
+    # model always forecast well, and not one it regularly misses by that much.
+    params = scoring.ScoringParams()
+    steady = np.ones(401)
+    steady[-1] = 12.0
+    erratic = steady.copy()
+    erratic[::20] = 12.0
+    assert _score_series(steady, params)[-1] > 0.9999
+    assert _score_series(erratic, params)[-1] < 0.99
+
+
+def test_surprises_outside_learn_do_not_enter_the_streams_histogram() -> None:
+    # A stream's first forecasts come from a cold state and miss badly; those misses must not
+    # teach it that a later miss as bad is normal.
+    params = scoring.ScoringParams()
+    history = np.ones((2, params.history), np.float32)
+    tail = np.zeros((2, scoring.TAIL_BINS), np.float32)
+    scorable, learn = np.ones(2, bool), np.array([False, True])
+    for _ in range(20):
+        update = scoring.score(np.full(2, 40.0), history, tail, scorable, params, learn=learn)
+        history, tail = update.history, update.tail
+    assert tail[0].sum() == 0.0 and tail[1].sum() > 0.0
+    spike = scoring.stream_surprise(np.full(2, 40.0), tail, params)
+    assert spike[0] == pytest.approx(40.0) and spike[1] < 5.0
 
 
 def _rule(scores, threshold=0.99, **params):

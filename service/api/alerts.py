@@ -12,20 +12,28 @@ from fastapi import APIRouter, Header, Query, Request, WebSocket, WebSocketDisco
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from service.alerts import AlertEvent, AlertFilter, Subscription
-from service.api.deps import AlertBusDep, AlertLogDep
+from service.api.deps import AlertBusDep, AlertLogDep, ReadKey
+from service.api.openapi import problem_response
 from service.errors import StreamwatchError
 from service.schemas import parse_timestamp
 
 router = APIRouter(prefix="/v1/alerts", tags=["alerts"])
 
-StreamGlob = Annotated[str, Query(description="Only streams matching this glob")]
+# Globs are compiled and cached (fnmatch keeps thousands): a bound keeps that cache small.
+_GLOB_CHARS = 256
+StreamGlob = Annotated[
+    str, Query(max_length=_GLOB_CHARS, description="Only streams matching this glob")
+]
 MinScore = Annotated[float, Query(ge=0.0, le=1.0, description="Only alerts peaking at least here")]
 
 
 @router.get("", summary="Alert history, newest first")
 async def list_alerts(
     alert_log: AlertLogDep,
-    stream: Annotated[str | None, Query(description="stream id glob")] = None,
+    caller: ReadKey,
+    stream: Annotated[
+        str | None, Query(max_length=_GLOB_CHARS, description="stream id glob")
+    ] = None,
     since: Annotated[
         str | None, Query(description="opened at or after (ISO 8601 / epoch s)")
     ] = None,
@@ -45,12 +53,17 @@ async def list_alerts(
 
 @router.websocket("")
 async def alerts_ws(
-    websocket: WebSocket, bus: AlertBusDep, stream: StreamGlob = "*", min_score: MinScore = 0.0
+    websocket: WebSocket,
+    bus: AlertBusDep,
+    caller: ReadKey,
+    stream: StreamGlob = "*",
+    min_score: MinScore = 0.0,
 ) -> None:
     """Live alert events as JSON frames; `{"dropped": n}` says a slow reader lost n events."""
     try:
         subscription = bus.subscribe(AlertFilter(stream, min_score))
     except StreamwatchError as error:
+        await websocket.accept()  # so the client gets the code and reason, not a bare 403
         await websocket.close(code=1013, reason=error.detail[:120])
         return
     await websocket.accept()
@@ -82,25 +95,41 @@ async def _until_disconnect(websocket: WebSocket) -> None:
         pass
 
 
-@router.get("/stream", summary="Live alert events as Server-Sent Events (resumable)")
+@router.get(
+    "/stream",
+    summary="Live alert events as Server-Sent Events (resumable)",
+    responses={503: problem_response("As many alert subscribers as allowed are connected")},
+)
 async def alerts_sse(
     request: Request,
     bus: AlertBusDep,
     alert_log: AlertLogDep,
+    caller: ReadKey,
     stream: StreamGlob = "*",
     min_score: MinScore = 0.0,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> EventSourceResponse:
     """Each event's id is its sequence number; reconnect with Last-Event-ID to resume."""
     alert_filter = AlertFilter(stream, min_score)
+    after = _event_id(last_event_id)
     subscription = bus.subscribe(alert_filter)  # before the replay, so nothing falls between
-    after = int(last_event_id) if last_event_id and last_event_id.isdigit() else None
-    missed = (
-        []
-        if after is None
-        else [e for e in alert_log.events_after(after) if alert_filter.matches(e)]
-    )
+    try:
+        missed = (
+            []
+            if after is None
+            else [e for e in alert_log.events_after(after) if alert_filter.matches(e)]
+        )
+    except BaseException:
+        bus.unsubscribe(subscription)  # a failed request must not keep a subscriber's place
+        raise
     return EventSourceResponse(_sse_events(request, bus, subscription, missed))
+
+
+def _event_id(text: str | None) -> int | None:
+    """The sequence number a reconnecting client last saw; None if absent or not one of ours."""
+    if text is None or not (text.isascii() and text.isdigit()) or len(text) > 18:
+        return None
+    return int(text)
 
 
 async def _sse_events(

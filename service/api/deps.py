@@ -2,49 +2,117 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import orjson
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import WebSocketException
 from starlette.requests import HTTPConnection
 from starlette.responses import Response
+from starlette.websockets import WebSocket
 
 from service.alerts import AlertBus, AlertLog
 from service.engine import Engine
-from service.errors import LimitExceededError
-from service.settings import Settings
+from service.errors import LimitExceededError, StreamwatchError
+from service.logs import current_request
+from service.metrics import Metrics
+from service.ratelimit import RateLimiter
+from service.security import KeyRing, Principal
+from service.settings import Role, Settings
 
 
-def _engine(conn: HTTPConnection) -> Engine:
+# async: FastAPI runs a plain `def` dependency in a worker thread, which costs more per
+# request than the route's own work.
+async def _engine(conn: HTTPConnection) -> Engine:
     engine: Engine = conn.app.state.engine
     return engine
 
 
-def _settings(conn: HTTPConnection) -> Settings:
+async def _settings(conn: HTTPConnection) -> Settings:
     settings: Settings = conn.app.state.settings
     return settings
 
 
-def _alert_log(conn: HTTPConnection) -> AlertLog:
+async def _alert_log(conn: HTTPConnection) -> AlertLog:
     log: AlertLog = conn.app.state.alert_log
     return log
 
 
-def _alert_bus(conn: HTTPConnection) -> AlertBus:
+async def _alert_bus(conn: HTTPConnection) -> AlertBus:
     bus: AlertBus = conn.app.state.alert_bus
     return bus
+
+
+async def _metrics(conn: HTTPConnection) -> Metrics:
+    metrics: Metrics = conn.app.state.metrics
+    return metrics
 
 
 EngineDep = Annotated[Engine, Depends(_engine)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 AlertLogDep = Annotated[AlertLog, Depends(_alert_log)]
 AlertBusDep = Annotated[AlertBus, Depends(_alert_bus)]
+MetricsDep = Annotated[Metrics, Depends(_metrics)]
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="An API key: `Authorization: Bearer <key>`; a WebSocket may pass `?token=<key>`.",
+)
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+# WebSocket close codes: 1008 policy violation (no or bad key), 1013 try again later (rate).
+_CLOSE_CODES = {401: 1008, 403: 1008, 429: 1013}
+
+
+def _caller(role: Role) -> Callable[..., Awaitable[Principal]]:
+    """A dependency admitting callers whose key grants `role`, within their request rate."""
+
+    async def caller(conn: HTTPConnection, credentials: Credentials) -> Principal:
+        token = credentials.credentials if credentials is not None else None
+        if token is None and isinstance(conn, WebSocket):  # browsers cannot set its headers
+            token = conn.query_params.get("token")
+        keys: KeyRing = conn.app.state.keyring
+        try:
+            principal = keys.authorize(token, role)
+            _admit(conn, keys, principal)
+        except StreamwatchError as error:
+            if not isinstance(conn, WebSocket):
+                raise
+            await conn.accept()  # so the client gets the close code and reason, not a bare 403
+            code = _CLOSE_CODES.get(error.status, 1008)
+            raise WebSocketException(code, error.detail[:120]) from error
+        context = current_request()
+        if context is not None:
+            context.caller = principal.name
+        return principal
+
+    return caller
+
+
+def _admit(conn: HTTPConnection, keys: KeyRing, principal: Principal) -> None:
+    """One request more for this key; RateLimitedError past its rate (keyed callers only)."""
+    limiter: RateLimiter | None = conn.app.state.limiter
+    if limiter is not None and not keys.open:
+        limiter.acquire(principal.name)
+
+
+def frame_admission(conn: HTTPConnection, principal: Principal) -> Callable[[], None]:
+    """For a WebSocket: call per frame; a frame counts as a request against the key's rate."""
+    keys: KeyRing = conn.app.state.keyring
+    return lambda: _admit(conn, keys, principal)
+
+
+IngestKey = Annotated[Principal, Depends(_caller("ingest"))]
+ReadKey = Annotated[Principal, Depends(_caller("read"))]
+AdminKey = Annotated[Principal, Depends(_caller("admin"))]
 
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 as soon as it passes `limit` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise LimitExceededError(f"body of {declared} bytes; at most {limit}")
     chunks, size = [], 0
     async for chunk in request.stream():

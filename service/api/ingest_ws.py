@@ -3,22 +3,24 @@
 A frame is one reading or a list of readings (each with `stream_id`), or
 `{"seq": n, "readings": [...]}`; the reply is `{"seq": n, "results": [...]}`. Frames are
 pipelined: many may be in flight, replies keep the order of the frames. A malformed frame gets
-`{"seq": n, "error": problem}` and the connection stays; a frame over the size limit closes it
-with 1009.
+`{"seq": n, "error": problem}` and the connection stays (so does a frame over the key's
+request rate: a 429 problem); a frame over the size limit closes it with 1009.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from service import dataplane
-from service.api.deps import EngineDep, SettingsDep
+from service.api.deps import EngineDep, IngestKey, SettingsDep, frame_admission
 from service.errors import InvalidReadingError, StreamwatchError
-from service.schemas import decode_json, parse_items, problem
+from service.schemas import Parsed, decode_json, parse_items, problem
+from service.stepper import Outcome
 
 router = APIRouter(tags=["readings"])
 
@@ -26,9 +28,12 @@ _IN_FLIGHT = 256  # frames per connection awaiting results; past it, reading the
 
 
 @router.websocket("/v1/ingest")
-async def ingest_ws(websocket: WebSocket, engine: EngineDep, settings: SettingsDep) -> None:
+async def ingest_ws(
+    websocket: WebSocket, engine: EngineDep, settings: SettingsDep, caller: IngestKey
+) -> None:
+    admit = frame_admission(websocket, caller)
     await websocket.accept()
-    replies: asyncio.Queue[asyncio.Future[dict[str, Any]] | None] = asyncio.Queue(_IN_FLIGHT)
+    replies: asyncio.Queue[_Pending | None] = asyncio.Queue(_IN_FLIGHT)
     writer = asyncio.create_task(_write_replies(websocket, replies))
     try:
         while True:
@@ -39,7 +44,7 @@ async def ingest_ws(websocket: WebSocket, engine: EngineDep, settings: SettingsD
             if len(frame) > settings.limits.max_frame_bytes:
                 await websocket.close(code=1009, reason="frame too large")
                 break
-            await replies.put(_submit_frame(frame, engine, settings))
+            await replies.put(_submit_frame(frame, engine, settings, admit))
     except WebSocketDisconnect:
         pass
     finally:
@@ -47,25 +52,24 @@ async def ingest_ws(websocket: WebSocket, engine: EngineDep, settings: SettingsD
         await writer
 
 
-def _submit_frame(frame: bytes, engine: EngineDep, settings: SettingsDep) -> asyncio.Future[Any]:
+# A frame on its way: its reply already (a refused frame), or (seq, parsed, their outcomes).
+# The engine's future is queued as it is: a task per frame cost more than the frame's parsing.
+_Pending = dict[str, Any] | tuple[Any, list[Parsed], "asyncio.Future[list[Outcome]]"]
+
+
+def _submit_frame(
+    frame: bytes, engine: EngineDep, settings: SettingsDep, admit: Callable[[], None]
+) -> _Pending:
     """Parse and queue one frame now (so frames apply in arrival order); reply when done."""
     seq = None
     try:
         body = decode_json(frame)
         if isinstance(body, dict) and "seq" in body:
             seq = body.get("seq")
+        admit()  # a frame counts against the key's request rate
         items = _frame_items(body)
         parsed = parse_items(items, settings.limits)
-    except StreamwatchError as error:
-        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        done.set_result({"seq": seq, "error": problem(error)})
-        return done
-    return asyncio.ensure_future(_reply(seq, engine, parsed))
-
-
-async def _reply(seq: Any, engine: EngineDep, parsed: Any) -> dict[str, Any]:
-    try:
-        return {"seq": seq, **await dataplane.apply(engine, parsed)}
+        return seq, parsed, dataplane.submit(engine, parsed)
     except StreamwatchError as error:
         return {"seq": seq, "error": problem(error)}
 
@@ -82,11 +86,13 @@ def _frame_items(body: Any) -> list[Any]:
     )
 
 
-async def _write_replies(
-    websocket: WebSocket, replies: asyncio.Queue[asyncio.Future[dict[str, Any]] | None]
-) -> None:
+async def _write_replies(websocket: WebSocket, replies: asyncio.Queue[_Pending | None]) -> None:
     while (pending := await replies.get()) is not None:
-        reply = await pending
+        if isinstance(pending, dict):
+            reply = pending
+        else:
+            seq, parsed, outcomes = pending
+            reply = {"seq": seq, **dataplane.render(dataplane.entries(parsed, await outcomes))}
         try:
             await websocket.send_text(orjson.dumps(reply).decode())
         except (WebSocketDisconnect, RuntimeError):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import math
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from service.errors import StreamwatchError
+from service.errors import RateLimitedError, StreamwatchError, UnauthenticatedError
 from service.schemas import problem
 
 log = logging.getLogger(__name__)
@@ -30,8 +31,20 @@ def _respond(request: Request, status: int, title: str, detail: str, slug: str) 
 async def _domain(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StreamwatchError)
     return JSONResponse(
-        problem(exc, request.url.path), status_code=exc.status, media_type=MEDIA_TYPE
+        problem(exc, request.url.path),
+        status_code=exc.status,
+        media_type=MEDIA_TYPE,
+        headers=_headers(exc),
     )
+
+
+def _headers(exc: StreamwatchError) -> dict[str, str] | None:
+    """What HTTP says must come with some statuses: when to retry, how to authenticate."""
+    if isinstance(exc, RateLimitedError):
+        return {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
+    if isinstance(exc, UnauthenticatedError):
+        return {"WWW-Authenticate": 'Bearer realm="streamwatch"'}
+    return None
 
 
 async def _validation(request: Request, exc: Exception) -> JSONResponse:

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from service import dataplane
-from service.api.deps import EngineDep, JSONBytes, SettingsDep, read_body
+from service.api.deps import EngineDep, IngestKey, JSONBytes, SettingsDep, read_body
 from service.errors import InvalidReadingError
 from service.schemas import Failed, ResultsOut, decode_json, parse_items
 
@@ -16,6 +16,7 @@ router = APIRouter(prefix="/v1", tags=["readings"])
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"description": text, "content": {"application/problem+json": {}}}
     for status, text in [
+        (404, "single reading naming a model that is not loaded"),
         (409, "single reading older than the stream's last one, or bound to another model"),
         (413, "body, batch or channel limit exceeded"),
         (422, "malformed body or an invalid single reading"),
@@ -38,7 +39,7 @@ def _body_schema(*names: str) -> dict[str, Any]:
     summary="Send one reading, or several, of one stream",
 )
 async def post_stream_readings(
-    stream_id: str, request: Request, engine: EngineDep, settings: SettingsDep
+    stream_id: str, request: Request, engine: EngineDep, settings: SettingsDep, caller: IngestKey
 ) -> JSONBytes:
     """One reading answers with its own status code if it fails; several answer 200 with a
     status per reading."""
@@ -60,7 +61,9 @@ async def post_stream_readings(
     openapi_extra=_body_schema("BatchIn"),
     summary="Send a batch of readings across streams",
 )
-async def post_readings(request: Request, engine: EngineDep, settings: SettingsDep) -> JSONBytes:
+async def post_readings(
+    request: Request, engine: EngineDep, settings: SettingsDep, caller: IngestKey
+) -> JSONBytes:
     """Results in the order sent, each with its own status: one bad reading fails only itself."""
     body = decode_json(await read_body(request, settings.limits.max_body_bytes))
     items = body.get("readings") if isinstance(body, dict) else None

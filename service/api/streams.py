@@ -7,7 +7,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response
 
 from service.alerts import iso
-from service.api.deps import EngineDep
+from service.api.deps import AdminKey, EngineDep, ReadKey
+from service.api.openapi import problem_response
 
 router = APIRouter(prefix="/v1/streams", tags=["streams"])
 
@@ -15,6 +16,7 @@ router = APIRouter(prefix="/v1/streams", tags=["streams"])
 @router.get("", summary="List live streams, in id order")
 async def list_streams(
     engine: EngineDep,
+    caller: ReadKey,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
@@ -22,13 +24,18 @@ async def list_streams(
     return {"streams": [_info(engine, sid) for sid in ids], "next_cursor": next_cursor}
 
 
-@router.get("/{stream_id}", summary="One stream's state")
-async def get_stream(stream_id: str, engine: EngineDep) -> dict[str, Any]:
+_UNKNOWN: dict[int | str, dict[str, Any]] = {404: problem_response("No stream of this id")}
+
+
+@router.get("/{stream_id}", summary="One stream's state", responses=_UNKNOWN)
+async def get_stream(stream_id: str, engine: EngineDep, caller: ReadKey) -> dict[str, Any]:
     return _info(engine, stream_id)
 
 
-@router.delete("/{stream_id}", status_code=204, summary="Forget a stream's state")
-async def delete_stream(stream_id: str, engine: EngineDep) -> Response:
+@router.delete(
+    "/{stream_id}", status_code=204, summary="Forget a stream's state", responses=_UNKNOWN
+)
+async def delete_stream(stream_id: str, engine: EngineDep, caller: AdminKey) -> Response:
     engine.forget(stream_id)
     return Response(status_code=204)
 

@@ -1,0 +1,157 @@
+"""Figure 1: the engine alone (no HTTP) stepping 100,000 streams, vs raw ONNX Runtime.
+
+The engine's readings/s (queue, rounds, gather, normalize, one model call, score, scatter,
+results) against the same model's ORT session stepping random batches of the same size with
+nothing around it. Both run in one process pinned to the server core, one after the other.
+Rates are per CPU-second of that process (`time.process_time`), so a neighbour on a shared
+machine does not move them; the wall-clock rates are in the details.
+
+    python -m benchmarks.engine_vs_ort [--models-dir DIR] [--duration 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks._common import PYTHON, ROOT, SERVER_CPU, Figure, default_models_dir, print_figures
+
+STREAMS = 100_000
+SUBMITTERS = 8  # callers with a chunk of max_batch readings each in flight, like connections
+
+
+def run(models_dir: Path, duration_s: float = 8.0, streams: int = STREAMS,
+        intra_op_threads: int = 1, spin: bool = False) -> list[Figure]:
+    command = ["taskset", "-c", str(SERVER_CPU), PYTHON, "-m", "benchmarks.engine_vs_ort",
+               "--child", "--models-dir", str(models_dir), "--duration", str(duration_s),
+               "--streams", str(streams), "--intra-op-threads", str(intra_op_threads)]
+    if spin:
+        command.append("--spin")
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True,
+                          timeout=10 * duration_s + 300)
+    raw = json.loads(done.stdout.strip().splitlines()[-1])
+    suffix = "" if (intra_op_threads, spin) == (1, False) else \
+        f", intra_op={intra_op_threads}, spin={spin}"
+    return [Figure(
+        key="engine_vs_ort" + suffix.replace(", ", "_").replace("=", ""),
+        name=f"engine alone, {streams:,} streams, batch {raw['batch']}{suffix}",
+        value=raw["engine_rate"], unit="readings/s",
+        baseline_name="raw ORT, same batch", baseline=raw["ort_rate"],
+        target=0.60 if not suffix else None, target_on="ratio", details=raw,
+    )]
+
+
+def _child(models_dir: Path, duration_s: float, streams: int, intra_op_threads: int,
+           spin: bool) -> dict[str, float]:
+    from service.settings import Settings
+
+    settings = Settings(
+        model={"dir": models_dir, "intra_op_threads": intra_op_threads, "spin": spin},
+        data_dir=Path(tempfile.mkdtemp(prefix="swbench-")),
+        state={"initial_capacity": streams, "max_streams": max(streams, 1)},
+        engine={"max_queued": 2 * streams},
+    )
+    batch = settings.engine.max_batch
+    gc.set_threshold(*settings.server.gc_thresholds)  # as `streamwatch serve` does
+    engine = asyncio.run(_engine_rate(settings, streams, duration_s))
+    return {**engine, **_ort_rate(settings, batch, duration_s), "batch": batch}
+
+
+async def _engine_rate(settings: object, streams: int, duration_s: float
+                       ) -> dict[str, float]:
+    from service.engine import Engine
+    from service.registry import ModelRegistry
+    from service.settings import Settings
+    from service.stepper import Reading
+
+    assert isinstance(settings, Settings)
+    registry = ModelRegistry.load(settings.model)
+    engine = Engine(registry, settings, lambda events: None)
+    n_channels = registry.get(registry.default).card.n_channels
+    ids = [f"bench-{i}" for i in range(streams)]
+    rng = np.random.default_rng(0)
+    chunk = settings.engine.max_batch
+
+    async def submitter(chunks: Iterator[list[Reading]]) -> None:
+        for readings in chunks:  # shared: each chunk goes to one submitter, in order
+            await engine.submit(readings)
+
+    async def one_pass(t: int) -> None:
+        values = rng.normal(size=(streams, n_channels)).tolist()
+        readings = [Reading(sid, float(t), tuple(v)) for sid, v in zip(ids, values, strict=True)]
+        chunks = iter([readings[i : i + chunk] for i in range(0, streams, chunk)])
+        del readings, values
+        gc.collect()
+        gc.freeze()  # the pass's readings are the benchmark's objects, not the engine's
+        cpu, wall = time.process_time(), time.perf_counter()
+        await asyncio.gather(*(submitter(chunks) for _ in range(SUBMITTERS)))
+        totals["cpu"] += time.process_time() - cpu
+        totals["wall"] += time.perf_counter() - wall
+        gc.unfreeze()
+
+    totals = {"cpu": 0.0, "wall": 0.0}
+    await engine.start()
+    try:
+        await one_pass(0)  # binds every stream: not what is measured
+        totals.update(cpu=0.0, wall=0.0)
+        rounds0, t = engine.rounds, 1
+        while totals["cpu"] < duration_s:
+            await one_pass(t)
+            t += 1
+    finally:
+        await engine.stop()
+    stepped = streams * (t - 1)
+    return {"engine_rate": stepped / totals["cpu"], "engine_wall_rate": stepped / totals["wall"],
+            "mean_round": stepped / max(1, engine.rounds - rounds0)}
+
+
+def _ort_rate(settings: object, batch: int, duration_s: float) -> dict[str, float]:
+    from service.registry import ModelRegistry
+    from service.settings import Settings
+
+    assert isinstance(settings, Settings)
+    registry = ModelRegistry.load(settings.model)
+    model = registry.get(registry.default)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(batch, model.card.n_channels)).astype(np.float32)  # (batch, channels)
+    state = model.initial_state(batch)
+    for _ in range(20):
+        _, _, state = model.step(x, state)
+    calls, cpu, wall = 0, time.process_time(), time.perf_counter()
+    while (elapsed := time.process_time() - cpu) < duration_s:
+        for _ in range(50):
+            _, _, state = model.step(x, state)
+        calls += 50
+    return {"ort_rate": calls * batch / elapsed,
+            "ort_wall_rate": calls * batch / (time.perf_counter() - wall)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models-dir", type=Path, default=default_models_dir())
+    parser.add_argument("--duration", type=float, default=8.0)
+    parser.add_argument("--streams", type=int, default=STREAMS)
+    parser.add_argument("--intra-op-threads", type=int, default=1)
+    parser.add_argument("--spin", action="store_true")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        result = _child(args.models_dir, args.duration, args.streams, args.intra_op_threads,
+                        args.spin)
+        print(json.dumps(result))
+        return
+    print_figures(run(args.models_dir, args.duration, args.streams, args.intra_op_threads,
+                      args.spin))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""Figure 3: REST batch route, 1,000 readings per request across 1,000 streams: readings/s,
+vs the trivial FastAPI app taking the same bodies (parse the JSON, answer).
+
+wrk runs one connection per thread (each thread its own 1,000 streams, so requests in flight
+never touch the same stream); every request is the next time step of all of its streams.
+
+    python -m benchmarks.rest_batch [--models-dir DIR] [--duration 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from benchmarks._common import (
+    BENCH,
+    Figure,
+    WrkResult,
+    default_models_dir,
+    free_port,
+    print_figures,
+    running,
+    stream_readings,
+    streamwatch_command,
+    streamwatch_env,
+    trivial_command,
+    wrk,
+)
+
+BATCH = 1000
+CONNECTIONS = 2
+SCRIPT = BENCH / "lua" / "batch.lua"
+
+
+def measure(command: list[str], port: int, env: dict[str, str] | None, duration_s: float,
+            warmup_s: float = 2.0) -> tuple[WrkResult, int, float]:
+    """wrk's result, how many readings stream b0-0 had applied (0 on the trivial app), and the
+    server's CPU use over the run (1.0: its core was saturated)."""
+    load = {"SW_BATCH": str(BATCH)}
+    with running(command, port, env) as server:
+        wrk(server.url, SCRIPT, duration_s=warmup_s, connections=CONNECTIONS,
+            threads=CONNECTIONS, env={**load, "SW_PREFIX": "warm"})
+        cpu = server.cpu_s()
+        result = wrk(server.url, SCRIPT, duration_s=duration_s, connections=CONNECTIONS,
+                     threads=CONNECTIONS, env=load)
+        busy = (server.cpu_s() - cpu) / result.duration_s
+        return result, stream_readings(server.url, "b0-0"), busy
+
+
+def run(models_dir: Path, duration_s: float = 10.0) -> list[Figure]:
+    data_dir = Path(tempfile.mkdtemp(prefix="swbench-"))
+    port = free_port()
+    trivial, _, trivial_busy = measure(trivial_command(port), port, None, duration_s)
+    port = free_port()
+    env = streamwatch_env(models_dir, data_dir)
+    ours, applied, busy = measure(streamwatch_command(port), port, env, duration_s)
+    return [Figure(
+        key="rest_batch",
+        name=f"REST batch, {BATCH:,} readings/request over {BATCH:,} streams",
+        value=ours.rate * BATCH, unit="readings/s",
+        baseline_name="trivial FastAPI, same bodies", baseline=trivial.rate * BATCH,
+        target=250_000,
+        per_cpu_s=ours.rate * BATCH / busy, baseline_per_cpu_s=trivial.rate * BATCH / trivial_busy,
+        details={
+            "connections": CONNECTIONS,
+            "stream_b0_0_applied": applied,  # about requests / connections if all applied
+            "streamwatch": {"requests_per_s": ours.rate, "latency_ms": ours.latency_ms,
+                            "server_cpu": busy,
+                            "non_2xx": ours.non_2xx, "socket_errors": ours.socket_errors},
+            "trivial": {"requests_per_s": trivial.rate, "latency_ms": trivial.latency_ms,
+                        "server_cpu": trivial_busy},
+        },
+    )]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models-dir", type=Path, default=default_models_dir())
+    parser.add_argument("--duration", type=float, default=10.0)
+    args = parser.parse_args()
+    print_figures(run(args.models_dir, args.duration))
+
+
+if __name__ == "__main__":
+    main()

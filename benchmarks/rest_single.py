@@ -1,0 +1,88 @@
+"""Figure 2: REST, one reading per request, 64 connections: requests/s and p50/p99 latency,
+vs a trivial FastAPI endpoint served the same way (`benchmarks/trivial_app.py`).
+
+wrk (pinned to the load core) drives both servers (pinned to the server core) with the same
+Lua script: 1,000 streams taken in turn, timestamps increasing per stream.
+
+    python -m benchmarks.rest_single [--models-dir DIR] [--duration 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from benchmarks._common import (
+    BENCH,
+    Figure,
+    WrkResult,
+    default_models_dir,
+    free_port,
+    print_figures,
+    running,
+    stream_readings,
+    streamwatch_command,
+    streamwatch_env,
+    trivial_command,
+    wrk,
+)
+
+CONNECTIONS = 64
+STREAMS = 1000
+SCRIPT = BENCH / "lua" / "single.lua"
+
+
+def measure(command: list[str], port: int, env: dict[str, str] | None, duration_s: float,
+            warmup_s: float = 2.0) -> tuple[WrkResult, int, float]:
+    """wrk's result, how many readings stream bench-0 had applied (0 on the trivial app), and
+    the server's CPU use over the run (1.0: its core was saturated)."""
+    with running(command, port, env) as server:
+        wrk(server.url, SCRIPT, duration_s=warmup_s, connections=CONNECTIONS,
+            env={"SW_STREAMS": str(STREAMS), "SW_PREFIX": "warm"})
+        cpu = server.cpu_s()
+        result = wrk(server.url, SCRIPT, duration_s=duration_s, connections=CONNECTIONS,
+                     env={"SW_STREAMS": str(STREAMS)})
+        busy = (server.cpu_s() - cpu) / result.duration_s
+        return result, stream_readings(server.url, "bench-0"), busy
+
+
+def run(models_dir: Path, duration_s: float = 10.0) -> list[Figure]:
+    data_dir = Path(tempfile.mkdtemp(prefix="swbench-"))
+    port = free_port()
+    trivial, _, trivial_busy = measure(trivial_command(port), port, None, duration_s)
+    port = free_port()
+    env = streamwatch_env(models_dir, data_dir)
+    ours, applied, busy = measure(streamwatch_command(port), port, env, duration_s)
+    details = {
+        "connections": CONNECTIONS,
+        "streams": STREAMS,
+        "stream_0_applied": applied,  # about requests / streams when every reading applied
+        "streamwatch": {"rate": ours.rate, "latency_ms": ours.latency_ms, "server_cpu": busy,
+                        "non_2xx": ours.non_2xx, "socket_errors": ours.socket_errors},
+        "trivial": {"rate": trivial.rate, "latency_ms": trivial.latency_ms,
+                    "server_cpu": trivial_busy,
+                    "non_2xx": trivial.non_2xx, "socket_errors": trivial.socket_errors},
+    }
+    lat, base = ours.latency_ms, trivial.latency_ms
+    return [Figure(
+        key="rest_single",
+        name=(f"REST single, {CONNECTIONS} conns (p50 {lat['p50']:.1f} / p99 {lat['p99']:.1f} ms;"
+              f" trivial {base['p50']:.1f} / {base['p99']:.1f} ms)"),
+        value=ours.rate, unit="req/s",
+        baseline_name="trivial FastAPI POST", baseline=trivial.rate,
+        target=0.85, target_on="ratio", details=details,
+        per_cpu_s=ours.rate / busy, baseline_per_cpu_s=trivial.rate / trivial_busy,
+    )]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models-dir", type=Path, default=default_models_dir())
+    parser.add_argument("--duration", type=float, default=10.0)
+    args = parser.parse_args()
+    print_figures(run(args.models_dir, args.duration))
+
+
+if __name__ == "__main__":
+    main()

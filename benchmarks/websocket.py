@@ -1,0 +1,139 @@
+"""Figure 4: WebSocket ingest, one reading per frame and 500 readings per frame: readings/s,
+vs the trivial app's WebSocket echo driven by the same client with the same frames.
+
+The client is this process (pinned to the load core; the server is pinned to the other): a
+`websockets` asyncio client on several connections, each keeping a window of frames in flight
+(the server pipelines them and answers in order), each with its own streams.
+
+    python -m benchmarks.websocket [--models-dir DIR] [--duration 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+from websockets.asyncio.client import connect
+
+from benchmarks._common import (
+    LOAD_CPU,
+    Figure,
+    default_models_dir,
+    free_port,
+    pin,
+    print_figures,
+    running,
+    stream_readings,
+    streamwatch_command,
+    streamwatch_env,
+    trivial_command,
+)
+
+CONNECTIONS = 4
+WINDOW = 256  # frames in flight per connection (the server reads ahead as many)
+STREAMS_PER_CONNECTION = 1000
+T0 = 1767225600
+
+
+def _frames(connection: int, per_frame: int, prefix: str) -> Callable[[int], str]:
+    """Frame n of one connection: the next `per_frame` readings of its streams, taken in turn
+    (a stream's next reading is STREAMS_PER_CONNECTION readings later, never in one frame)."""
+    ids = [f"{prefix}{connection}-{i}" for i in range(STREAMS_PER_CONNECTION)]
+
+    def frame(n: int) -> str:
+        first = n * per_frame
+        readings = [{"stream_id": ids[k % STREAMS_PER_CONNECTION],
+                     "timestamp": T0 + k // STREAMS_PER_CONNECTION, "value": (k % 17) * 0.1}
+                    for k in range(first, first + per_frame)]
+        body = readings[0] if per_frame == 1 else {"seq": n, "readings": readings}
+        return orjson.dumps(body).decode()  # a text frame, as JSON clients send
+
+    return frame
+
+
+async def _drive(url: str, per_frame: int, duration_s: float, prefix: str) -> dict[str, float]:
+    """Send frames for `duration_s` on every connection; count the replies that came back."""
+    replies = [0] * CONNECTIONS
+    deadline = time.perf_counter() + duration_s
+
+    async def one(connection: int) -> None:
+        frame = _frames(connection, per_frame, prefix)
+        batch = [frame(n) for n in range(max(1, 20_000 // per_frame))]  # built before timing
+        async with connect(url, max_size=None, compression=None) as ws:
+            in_flight, n = 0, 0
+
+            async def reader() -> None:
+                nonlocal in_flight
+                async for _ in ws:
+                    replies[connection] += 1
+                    in_flight -= 1
+                    if in_flight == 0 and time.perf_counter() >= deadline:
+                        return
+
+            task = asyncio.create_task(reader())
+            while time.perf_counter() < deadline:
+                while in_flight < WINDOW and n < len(batch):
+                    await ws.send(batch[n])
+                    in_flight += 1
+                    n += 1
+                if n == len(batch):  # more frames: build them now (rare with 20k readings)
+                    batch += [frame(k) for k in range(n, 2 * n)]
+                await asyncio.sleep(0)
+            await task
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one(c) for c in range(CONNECTIONS)))
+    elapsed = time.perf_counter() - started
+    frames = sum(replies)
+    return {"frames_per_s": frames / elapsed, "readings_per_s": frames * per_frame / elapsed}
+
+
+def measure(command: list[str], port: int, env: dict[str, str] | None, per_frame: int,
+            duration_s: float) -> tuple[dict[str, float], int]:
+    with running(command, port, env) as server:
+        url = server.url.replace("http://", "ws://") + "/v1/ingest"
+        asyncio.run(_drive(url, per_frame, min(2.0, duration_s), prefix="warm"))
+        cpu, wall = server.cpu_s(), time.perf_counter()
+        result = asyncio.run(_drive(url, per_frame, duration_s, prefix="ws"))
+        result["server_cpu"] = (server.cpu_s() - cpu) / (time.perf_counter() - wall)
+        return result, stream_readings(server.url, "ws0-0")
+
+
+def run(models_dir: Path, duration_s: float = 8.0) -> list[Figure]:
+    pin(LOAD_CPU)
+    figures = []
+    for per_frame, target in ((1, 25_000.0), (500, 250_000.0)):
+        port = free_port()
+        echo, _ = measure(trivial_command(port), port, None, per_frame, duration_s)
+        port = free_port()
+        env = streamwatch_env(models_dir, Path(tempfile.mkdtemp(prefix="swbench-")))
+        ours, applied = measure(streamwatch_command(port), port, env, per_frame, duration_s)
+        figures.append(Figure(
+            key=f"websocket_{per_frame}",
+            name=f"WebSocket, {per_frame} reading{'s' if per_frame > 1 else ''}/frame",
+            value=ours["readings_per_s"], unit="readings/s",
+            baseline_name="trivial WebSocket echo, same frames",
+            baseline=echo["readings_per_s"], target=target,
+            per_cpu_s=ours["readings_per_s"] / ours["server_cpu"],
+            baseline_per_cpu_s=echo["readings_per_s"] / echo["server_cpu"],
+            details={"connections": CONNECTIONS, "window": WINDOW, "streamwatch": ours,
+                     "echo": echo, "stream_ws0_0_applied": applied},
+        ))
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models-dir", type=Path, default=default_models_dir())
+    parser.add_argument("--duration", type=float, default=8.0)
+    args = parser.parse_args()
+    print_figures(run(args.models_dir, args.duration))
+
+
+if __name__ == "__main__":
+    main()
