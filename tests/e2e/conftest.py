@@ -78,3 +78,25 @@ def server(tmp_path: Path) -> Iterator[Server]:
     finally:
         if running.process.poll() is None:
             running.stop()
+
+
+def sse_events(server: Server, count: int, headers: dict[str, str] | None = None,
+               timeout: float = 20.0) -> list[dict[str, str]]:
+    """Read `count` events from GET /v1/alerts/stream: each as its id, event and data fields."""
+    events: list[dict[str, str]] = []
+    current: dict[str, str] = {}
+    with httpx.stream("GET", f"{server.url}/v1/alerts/stream", headers=headers or {},
+                      timeout=timeout) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line.startswith(("id:", "event:", "data:")):
+                key, _, value = line.partition(":")
+                current[key] = value.strip()
+            elif not line and "data" in current:
+                events.append(current)
+                current = {}
+                if len(events) == count:
+                    break
+    return events
+

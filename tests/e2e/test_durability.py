@@ -22,7 +22,7 @@ import pytest
 from service.alerts import Alert, iso
 from service.store.snapshot import read_snapshot
 from tests.conftest import make_settings
-from tests.e2e.conftest import Server, start_server
+from tests.e2e.conftest import Server, sse_events, start_server
 from tests.store_support import (
     DT,
     REDIS_URL,
@@ -78,23 +78,6 @@ def _no_id(alert: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in alert.items() if k != "id"}
 
 
-def _sse_replay(server: Server, last_event_id: str, count: int) -> list[dict[str, str]]:
-    events: list[dict[str, str]] = []
-    current: dict[str, str] = {}
-    with httpx.stream("GET", f"{server.url}/v1/alerts/stream", timeout=20,
-                      headers={"Last-Event-ID": last_event_id}) as response:
-        for line in response.iter_lines():
-            if line.startswith(("id:", "event:", "data:")):
-                key, _, value = line.partition(":")
-                current[key] = value.strip()
-            elif not line and "data" in current:
-                events.append(current)
-                current = {}
-                if len(events) == count:
-                    break
-    return events
-
-
 def _stop_gracefully(server: Server) -> None:
     """SIGTERM; uvicorn drains, runs the lifespan's shutdown, then re-raises the signal."""
     assert server.stop(signal.SIGTERM) in (0, -signal.SIGTERM)
@@ -132,7 +115,7 @@ def test_sigterm_and_restart_continue_every_stream_bit_for_bit_and_lose_no_alert
     assert stream["open_alert"] == open_before and open_before is not None
     after = _ingest(second, series, cut, len(series["pump-0"]))
     alerts = _all_alerts(second)
-    replayed = _sse_replay(second, "0", count=len(expected_events))
+    replayed = sse_events(second, len(expected_events), headers={"Last-Event-ID": "0"})
 
     assert {sid: before[sid] + after[sid] for sid in series} == expected
     assert sorted((_no_id(a) for a in alerts), key=str) == _latest(expected_events)

@@ -16,7 +16,7 @@ import pytest
 from websockets.sync.client import connect
 
 from tests.conftest import MODELS_DIR, sine
-from tests.e2e.conftest import ROOT, Server
+from tests.e2e.conftest import ROOT, Server, sse_events
 
 pytestmark = pytest.mark.slow
 
@@ -50,32 +50,11 @@ def test_rest_and_websocket_ingest_against_a_real_server(server: Server) -> None
     assert httpx.get(f"{server.url}/v1/streams/pump-2").json()["readings"] == 20
 
 
-def _sse_events(server: Server, headers: dict[str, str], count: int,
-                timeout: float = 20.0) -> list[dict]:
-    """Read `count` events from the SSE stream."""
-    events: list[dict] = []
-    current: dict = {}
-    with httpx.stream("GET", f"{server.url}/v1/alerts/stream", headers=headers,
-                      timeout=timeout) as response:
-        assert response.status_code == 200
-        assert response.headers["content-type"].startswith("text/event-stream")
-        for line in response.iter_lines():
-            if line.startswith(("id:", "event:", "data:")):
-                key, _, value = line.partition(":")
-                current[key] = value.strip()
-            elif not line and "data" in current:
-                events.append(current)
-                current = {}
-                if len(events) == count:
-                    break
-    return events
-
-
 def test_alerts_arrive_live_over_websocket_and_sse_and_sse_resumes(server: Server) -> None:
     received: list[dict] = []
 
     def listen() -> None:
-        received.extend(_sse_events(server, {}, count=2))
+        received.extend(sse_events(server, count=2))
 
     listener = threading.Thread(target=listen)
     listener.start()
@@ -88,7 +67,7 @@ def test_alerts_arrive_live_over_websocket_and_sse_and_sse_resumes(server: Serve
     assert [e["event"] for e in received] == ["opened", "closed"]
     assert [int(e["id"]) for e in received] == [e["seq"] for e in ws_events]
 
-    resumed = _sse_events(server, {"Last-Event-ID": received[0]["id"]}, count=1)
+    resumed = sse_events(server, count=1, headers={"Last-Event-ID": received[0]["id"]})
     assert resumed[0]["event"] == "closed" and resumed[0]["id"] == received[1]["id"]
 
 
