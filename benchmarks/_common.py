@@ -7,6 +7,7 @@ machines are shared and noisy, so a ratio travels better than an absolute.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -19,7 +20,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -275,3 +276,14 @@ def wrk(url: str, script: Path, *, duration_s: float, connections: int, threads:
 def write_json(path: Path, payload: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def script_main(run: Callable[[Path, float], list[Figure]], doc: str | None,
+                duration_s: float) -> None:
+    """The command line of a one-figure script: --models-dir, --duration; prints the table."""
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    parser.add_argument("--models-dir", type=Path, default=default_models_dir())
+    parser.add_argument("--duration", type=float, default=duration_s)
+    args = parser.parse_args()
+    print_figures(run(args.models_dir, args.duration))
+

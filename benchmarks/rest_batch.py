@@ -9,7 +9,6 @@ never touch the same stream); every request is the next time step of all of its 
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
@@ -17,10 +16,9 @@ from benchmarks._common import (
     BENCH,
     Figure,
     WrkResult,
-    default_models_dir,
     free_port,
-    print_figures,
     running,
+    script_main,
     stream_readings,
     streamwatch_command,
     streamwatch_env,
@@ -75,11 +73,7 @@ def run(models_dir: Path, duration_s: float = 10.0) -> list[Figure]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models-dir", type=Path, default=default_models_dir())
-    parser.add_argument("--duration", type=float, default=10.0)
-    args = parser.parse_args()
-    print_figures(run(args.models_dir, args.duration))
+    script_main(run, __doc__, duration_s=10.0)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ Lua script: 1,000 streams taken in turn, timestamps increasing per stream.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
@@ -17,10 +16,9 @@ from benchmarks._common import (
     BENCH,
     Figure,
     WrkResult,
-    default_models_dir,
     free_port,
-    print_figures,
     running,
+    script_main,
     stream_readings,
     streamwatch_command,
     streamwatch_env,
@@ -77,11 +75,7 @@ def run(models_dir: Path, duration_s: float = 10.0) -> list[Figure]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models-dir", type=Path, default=default_models_dir())
-    parser.add_argument("--duration", type=float, default=10.0)
-    args = parser.parse_args()
-    print_figures(run(args.models_dir, args.duration))
+    script_main(run, __doc__, duration_s=10.0)
 
 
 if __name__ == "__main__":

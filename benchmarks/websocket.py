@@ -10,7 +10,6 @@ The client is this process (pinned to the load core; the server is pinned to the
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import tempfile
 import time
@@ -23,11 +22,10 @@ from websockets.asyncio.client import connect
 from benchmarks._common import (
     LOAD_CPU,
     Figure,
-    default_models_dir,
     free_port,
     pin,
-    print_figures,
     running,
+    script_main,
     stream_readings,
     streamwatch_command,
     streamwatch_env,
@@ -128,11 +126,7 @@ def run(models_dir: Path, duration_s: float = 8.0) -> list[Figure]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models-dir", type=Path, default=default_models_dir())
-    parser.add_argument("--duration", type=float, default=8.0)
-    args = parser.parse_args()
-    print_figures(run(args.models_dir, args.duration))
+    script_main(run, __doc__, duration_s=8.0)
 
 
 if __name__ == "__main__":
