@@ -90,7 +90,7 @@ def _detector_section(r: DetectorReport) -> list[str]:
     lines = [
         f"## {r.detector}",
         "",
-        f"Model `{r.model}`, configured threshold {r.configured_threshold:.6g}; "
+        f"Model `{r.model}`, configured threshold {_thr(r.configured_threshold)}; "
         f"{r.readings} readings, {r.refused} refused by the server (out of order).",
         "",
         "| profile | alerts swept (threshold) | alerts configured | readings swept (threshold) "
