@@ -23,38 +23,22 @@ from service.security import KeyRing, Principal
 from service.settings import Role, Settings
 
 
-# async: FastAPI runs a plain `def` dependency in a worker thread, which costs more per
-# request than the route's own work.
-async def _engine(conn: HTTPConnection) -> Engine:
-    engine: Engine = conn.app.state.engine
-    return engine
+def _from_state(name: str) -> Callable[[HTTPConnection], Awaitable[Any]]:
+    """A dependency that hands a route the component the lifespan put at `app.state.<name>`."""
+
+    # async: FastAPI runs a plain `def` dependency in a worker thread, which costs more per
+    # request than the route's own work.
+    async def component(conn: HTTPConnection) -> Any:
+        return getattr(conn.app.state, name)
+
+    return component
 
 
-async def _settings(conn: HTTPConnection) -> Settings:
-    settings: Settings = conn.app.state.settings
-    return settings
-
-
-async def _alert_log(conn: HTTPConnection) -> AlertLog:
-    log: AlertLog = conn.app.state.alert_log
-    return log
-
-
-async def _alert_bus(conn: HTTPConnection) -> AlertBus:
-    bus: AlertBus = conn.app.state.alert_bus
-    return bus
-
-
-async def _metrics(conn: HTTPConnection) -> Metrics:
-    metrics: Metrics = conn.app.state.metrics
-    return metrics
-
-
-EngineDep = Annotated[Engine, Depends(_engine)]
-SettingsDep = Annotated[Settings, Depends(_settings)]
-AlertLogDep = Annotated[AlertLog, Depends(_alert_log)]
-AlertBusDep = Annotated[AlertBus, Depends(_alert_bus)]
-MetricsDep = Annotated[Metrics, Depends(_metrics)]
+EngineDep = Annotated[Engine, Depends(_from_state("engine"))]
+SettingsDep = Annotated[Settings, Depends(_from_state("settings"))]
+AlertLogDep = Annotated[AlertLog, Depends(_from_state("alert_log"))]
+AlertBusDep = Annotated[AlertBus, Depends(_from_state("alert_bus"))]
+MetricsDep = Annotated[Metrics, Depends(_from_state("metrics"))]
 
 _bearer = HTTPBearer(
     auto_error=False,
