@@ -71,6 +71,25 @@ class AlertEvent:
         return {"seq": self.seq, "event": self.event, "alert": self.alert.to_json()}
 
 
+@dataclass(frozen=True, slots=True)
+class AlertQuery:
+    """Which alerts `AlertLog.alerts` returns: a page of them, newest change first."""
+
+    stream: str | None = None  # a glob over stream ids
+    since: float | None = None  # opened at or after (epoch seconds)
+    open_only: bool | None = None  # True: open ones; False: closed ones; None: both
+    before_id: str | None = None  # the cursor: start after this alert
+    limit: int = 100
+
+    def matches(self, alert: Alert) -> bool:
+        """Whether the alert passes the filters (the cursor and limit aside)."""
+        return (
+            (self.stream is None or fnmatch.fnmatchcase(alert.stream_id, self.stream))
+            and (self.since is None or alert.opened_at >= self.since)
+            and (self.open_only is None or alert.is_open == self.open_only)
+        )
+
+
 class AlertLog(abc.ABC):
     """Every alert event, in order, under a sequence number; the latest version of each alert.
 
@@ -90,7 +109,6 @@ class AlertLog(abc.ABC):
     def events_after(self, seq: int) -> Iterator[AlertEvent]:
         """The events numbered after `seq`, oldest first (a resuming subscriber's replay)."""
 
-    @abc.abstractmethod
     def alerts(
         self,
         *,
@@ -102,6 +120,11 @@ class AlertLog(abc.ABC):
     ) -> tuple[list[Alert], str | None]:
         """The latest version of each alert, last changed first; the cursor is the id of
         the last alert returned when more follow."""
+        return self.page(AlertQuery(stream, since, open_only, before_id, limit))
+
+    @abc.abstractmethod
+    def page(self, query: AlertQuery) -> tuple[list[Alert], str | None]:
+        """`alerts`, for one query: what each backend implements."""
 
     @abc.abstractmethod
     def open_alerts(self) -> list[Alert]:
@@ -142,29 +165,16 @@ class MemoryAlertLog(AlertLog):
     def events_after(self, seq: int) -> Iterator[AlertEvent]:
         return (e for e in self._events if e.seq > seq)
 
-    def alerts(
-        self,
-        *,
-        stream: str | None = None,
-        since: float | None = None,
-        open_only: bool | None = None,
-        before_id: str | None = None,
-        limit: int = 100,
-    ) -> tuple[list[Alert], str | None]:
-        """Newest first; the cursor is the id of the last alert returned."""
+    def page(self, query: AlertQuery) -> tuple[list[Alert], str | None]:
         found: list[Alert] = []
-        started = before_id is None
+        started = query.before_id is None
         for alert in reversed(self._alerts.values()):
             if not started:
-                started = alert.id == before_id
+                started = alert.id == query.before_id
                 continue
-            if stream is not None and not fnmatch.fnmatchcase(alert.stream_id, stream):
+            if not query.matches(alert):
                 continue
-            if since is not None and alert.opened_at < since:
-                continue
-            if open_only is not None and alert.is_open != open_only:
-                continue
-            if len(found) == limit:
+            if len(found) == query.limit:
                 return found, found[-1].id
             found.append(alert)
         return found, None

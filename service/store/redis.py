@@ -16,7 +16,6 @@ never loaded: that stream starts clean here. A round's alert events are one Lua 
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import logging
 from collections.abc import Iterator, Mapping, Sequence
@@ -26,7 +25,7 @@ import numpy as np
 import orjson
 import redis
 
-from service.alerts import Alert, AlertEvent, AlertLog, EventKind
+from service.alerts import Alert, AlertEvent, AlertLog, AlertQuery, EventKind
 from service.engine import Engine
 from service.errors import StoreUnavailableError
 from service.settings import StoreSettings
@@ -216,25 +215,17 @@ class RedisAlertLog(AlertLog):
             for entry_id, fields in entries
         )
 
-    def alerts(
-        self,
-        *,
-        stream: str | None = None,
-        since: float | None = None,
-        open_only: bool | None = None,
-        before_id: str | None = None,
-        limit: int = 100,
-    ) -> tuple[list[Alert], str | None]:
+    def page(self, query: AlertQuery) -> tuple[list[Alert], str | None]:
         top = "+inf"
-        if before_id is not None:
-            score = self._call(lambda: self._client.zscore(self._keys[3], before_id))
+        if query.before_id is not None:
+            score = self._call(lambda: self._client.zscore(self._keys[3], query.before_id))
             if score is None:
                 return [], None
             top = f"({score}"
         found: list[Alert] = []
-        while len(found) <= limit:
+        while len(found) <= query.limit:
             chunk = self._call(lambda t=top: self._client.zrevrangebyscore(
-                self._keys[3], t, "-inf", start=0, num=max(limit + 1, 100), withscores=True
+                self._keys[3], t, "-inf", start=0, num=max(query.limit + 1, 100), withscores=True
             ))
             if not chunk:
                 break
@@ -245,11 +236,11 @@ class RedisAlertLog(AlertLog):
                 if body is None:
                     continue
                 alert = alert_from_json(body)
-                if _matches(alert, stream, since, open_only):
+                if query.matches(alert):
                     found.append(alert)
             top = f"({chunk[-1][1]}"
-        page = found[:limit]
-        return page, (page[-1].id if len(found) > limit else None)
+        page = found[:query.limit]
+        return page, (page[-1].id if len(found) > query.limit else None)
 
     def open_alerts(self) -> list[Alert]:
         ids = self._call(lambda: self._client.smembers(self._keys[4]))
@@ -339,14 +330,6 @@ def _unmemo(raw: bytes) -> tuple[Alert | None, AlertRef | None]:
     return (
         None if "open" not in memo else alert_from_dict(memo["open"]),
         None if last is None else AlertRef(str(last[0]), str(last[1])),
-    )
-
-
-def _matches(alert: Alert, stream: str | None, since: float | None, open_only: bool | None) -> bool:
-    return (
-        (stream is None or fnmatch.fnmatchcase(alert.stream_id, stream))
-        and (since is None or alert.opened_at >= since)
-        and (open_only is None or alert.is_open == open_only)
     )
 
 

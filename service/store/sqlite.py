@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from service.alerts import Alert, AlertEvent, AlertLog, EventKind
+from service.alerts import Alert, AlertEvent, AlertLog, AlertQuery, EventKind
 from service.errors import StoreUnavailableError
 from service.store._codec import alert_from_json, alert_to_json
 
@@ -117,28 +117,20 @@ class SqliteAlertLog(AlertLog):
         )
         return (AlertEvent(row[0], row[1], alert_from_json(row[2])) for row in rows)
 
-    def alerts(
-        self,
-        *,
-        stream: str | None = None,
-        since: float | None = None,
-        open_only: bool | None = None,
-        before_id: str | None = None,
-        limit: int = 100,
-    ) -> tuple[list[Alert], str | None]:
+    def page(self, query: AlertQuery) -> tuple[list[Alert], str | None]:
         before = None
-        if before_id is not None:
-            found = self._query("SELECT last_seq FROM alerts WHERE id = ?", (before_id,))
+        if query.before_id is not None:
+            found = self._query("SELECT last_seq FROM alerts WHERE id = ?", (query.before_id,))
             if not found:
                 return [], None
             before = found[0][0]
         rows = self._query(
             _PAGE,
-            {"before": before, "stream": stream, "since": since, "open": open_only,
-             "n": limit + 1},
+            {"before": before, "stream": query.stream, "since": query.since,
+             "open": query.open_only, "n": query.limit + 1},
         )
-        page = [alert_from_json(row[0]) for row in rows[:limit]]
-        return page, (page[-1].id if len(rows) > limit else None)
+        page = [alert_from_json(row[0]) for row in rows[:query.limit]]
+        return page, (page[-1].id if len(rows) > query.limit else None)
 
     def open_alerts(self) -> list[Alert]:
         return [alert_from_json(row[0]) for row in self._query(
