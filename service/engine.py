@@ -3,37 +3,37 @@
 `submit(readings)` queues them and returns their outcomes, in the caller's order. The loop
 closes a round at `max_batch` readings or after `max_wait_ms`, taking at most one reading per
 stream (a stream's later readings wait for the next round, so each stream's readings apply
-strictly in order), and makes one model call per model per round (`service.stepper`).
+strictly in order), and makes one model call per model per round (`service.stepper`). Which
+model and slot each stream has is `service.directory`'s business.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Protocol
 
 import numpy as np
 
-from service import scoring
 from service.alerts import Alert
+from service.directory import StreamDirectory
+from service.directory import arena_layout as arena_layout  # where callers have found it
 from service.errors import (
     CapacityError,
-    InvalidReadingError,
-    ModelMismatchError,
     RoundFailedError,
     ShuttingDownError,
     StoreUnavailableError,
     StreamwatchError,
     UnknownStreamError,
 )
-from service.model import ModelCard
 from service.registry import ModelRegistry
 from service.settings import Settings
-from service.state import ArenaLayout, StateArena
 from service.stepper import Outcome, Reading, StateCopy, Stepper, StreamBatch, StreamInfo
 
 log = logging.getLogger(__name__)
@@ -66,18 +66,6 @@ class EngineObserver(Protocol):
     def round_done(self, size: int, events: Sequence[tuple[str, Alert]]) -> None: ...
 
 
-def arena_layout(card: ModelCard, settings: Settings) -> ArenaLayout:
-    """The per-stream arrays a model's streams need under these settings."""
-    return ArenaLayout(
-        state_names=card.state_names,
-        num_layers=card.num_layers,
-        hidden_size=card.hidden_size,
-        channels=card.n_channels,
-        window=max(settings.scoring.windows),
-        tail_bins=scoring.TAIL_BINS,
-    )
-
-
 _Waiting = tuple["_Job", int]  # a reading waiting for its round: its job, its index there
 
 
@@ -106,26 +94,18 @@ class Engine:
         self._engine = settings.engine
         self._state_settings = settings.state
         self._on_alerts = on_alerts
-        self._steppers = {
-            name: Stepper(name, model, self._new_arena(model.card, settings), settings)
-            for name, model in registry.models.items()
-        }
-        self._bound: dict[str, str] = {}  # stream_id -> model name
-        self._channels = {name: model.card.n_channels for name, model in registry.models.items()}
-        # stream_id -> its waiting reading, or a deque of them when it has several: most
-        # streams have one, and a deque per reading costs more than the rest of submit().
-        self._pending: OrderedDict[str, _Waiting | deque[_Waiting]] = OrderedDict()
+        self._streams = StreamDirectory(registry, settings)
+        # stream_id -> its next waiting reading, oldest stream first; its later readings wait
+        # in `_later`. Most streams have one, and a deque per reading costs more than the
+        # rest of submit(); with heads apart, a round is taken by C-level slicing.
+        self._pending: OrderedDict[str, _Waiting] = OrderedDict()
+        self._later: dict[str, deque[_Waiting]] = {}
         self._n_pending = 0
         self._wakeup = asyncio.Event()
         self._full = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.rounds = 0
-
-    @staticmethod
-    def _new_arena(card: ModelCard, settings: Settings) -> StateArena:
-        layout = arena_layout(card, settings)
-        return StateArena(layout, settings.state.initial_capacity, settings.state.max_streams)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="streamwatch-engine")
@@ -154,15 +134,15 @@ class Engine:
             raise CapacityError(f"{self._n_pending} readings are queued already; retry shortly")
         job.outcomes = [None] * len(readings)
         job.remaining = len(readings)
-        pending = self._pending
+        pending, later = self._pending, self._later
         for index, reading in enumerate(readings):
-            waiting = pending.get(reading.stream_id)
-            if waiting is None:
-                pending[reading.stream_id] = (job, index)
-            elif isinstance(waiting, deque):
-                waiting.append((job, index))
-            else:
-                pending[reading.stream_id] = deque((waiting, (job, index)))
+            waiting = (job, index)
+            if pending.setdefault(reading.stream_id, waiting) is not waiting:
+                queue = later.get(reading.stream_id)
+                if queue is None:
+                    later[reading.stream_id] = deque((waiting,))
+                else:
+                    queue.append(waiting)
         self._n_pending += len(readings)
         self._wakeup.set()
         if self._n_pending >= self._engine.max_batch:
@@ -205,16 +185,17 @@ class Engine:
 
     def _take_round(self) -> list[tuple[_Job, int]]:
         """The head reading of each waiting stream, oldest streams first, up to max_batch."""
-        taken: list[tuple[_Job, int]] = []
-        pending = self._pending
-        for _ in range(min(len(pending), self._engine.max_batch)):
-            stream_id, waiting = pending.popitem(last=False)
-            if isinstance(waiting, deque):
-                taken.append(waiting.popleft())
-                if waiting:
-                    pending[stream_id] = waiting  # to the back: streams take turns
-            else:
-                taken.append(waiting)
+        pending, later = self._pending, self._later
+        stream_ids = list(itertools.islice(pending, self._engine.max_batch))
+        taken = list(map(pending.pop, stream_ids))
+        moved = later.keys() & stream_ids if later else ()
+        if moved:  # their next readings go to the back, in this round's order: turns
+            for stream_id in stream_ids:
+                if stream_id in moved:
+                    queue = later[stream_id]
+                    pending[stream_id] = queue.popleft()
+                    if not queue:
+                        del later[stream_id]
         self._n_pending -= len(taken)
         return taken
 
@@ -228,29 +209,16 @@ class Engine:
                 return
         outcomes: list[Outcome | None] = [None] * len(items)
         round_readings = [job.readings[index] for job, index in items]
-        by_model: dict[str, list[int]] = {}
         unbound: list[StreamwatchError] = []
-        bound, channels = self._bound, self._channels
-        for i, reading in enumerate(round_readings):
-            name = bound.get(reading.stream_id)  # the common case, checked inline: ~5x cheaper
-            if name is None or reading.model is not None or len(reading.values) != channels[name]:
-                try:
-                    name = self._bind(reading)
-                except StreamwatchError as error:
-                    outcomes[i] = error
-                    unbound.append(error)
-                    continue
-            rows = by_model.get(name)
-            if rows is None:
-                by_model[name] = rows = []
-            rows.append(i)
+        by_model = self._streams.route(round_readings, outcomes, unbound)
         observer = self._observer
         events: list[tuple[str, Alert]] = []
-        for name, rows in by_model.items():
+        for name, (rows, slots) in by_model.items():
             whole = len(rows) == len(items)  # one model took every reading: no regrouping
             readings = round_readings if whole else [round_readings[i] for i in rows]
             started = time.perf_counter()
-            step = self._steppers[name].apply(readings)
+            slot_array = np.fromiter(slots, np.int64, len(slots))
+            step = self._streams.steppers[name].apply(readings, slot_array)
             if observer is not None:
                 observer.stepped(name, step.outcomes, time.perf_counter() - started)
             events.extend(step.events)
@@ -263,7 +231,7 @@ class Engine:
             if events:
                 self._on_alerts(events)  # durable before anyone hears of it
             if self._shared is not None:
-                self._push(items, by_model)
+                self._push(items, {name: rows for name, (rows, _) in by_model.items()})
         except StoreUnavailableError as error:
             outcomes = [error] * len(items)  # not kept, so not acknowledged
         if observer is not None:
@@ -277,31 +245,11 @@ class Engine:
         """Hand each reading's outcome to its job; a job's caller wakes when all are in."""
         for (job, index), outcome in zip(items, outcomes, strict=True):
             job.outcomes[index] = outcome
-            job.remaining -= 1
+        settled: Counter[_Job] = Counter(map(itemgetter(0), items))  # C-level counting
+        for job, done in settled.items():
+            job.remaining -= done
             if job.remaining == 0 and not job.future.done():
                 job.future.set_result(job.outcomes)  # type: ignore[arg-type]
-
-    def _bind(self, reading: Reading) -> str:
-        """The model this reading's stream is bound to, binding a new stream if valid."""
-        bound = self._bound.get(reading.stream_id)
-        if bound is not None:
-            if reading.model is not None and reading.model != bound:
-                raise ModelMismatchError(
-                    f"stream {reading.stream_id!r} is bound to model {bound!r}, "
-                    f"not {reading.model!r}; delete the stream to rebind it"
-                )
-            name = bound
-        else:
-            name = self.registry.model_for(reading.stream_id, reading.model)
-        channels = self.registry.get(name).card.n_channels
-        if len(reading.values) != channels:
-            raise InvalidReadingError(
-                f"model {name!r} takes {channels} channel(s), the reading has {len(reading.values)}"
-            )
-        if bound is None:
-            self._steppers[name].bind(reading.stream_id)
-            self._bound[reading.stream_id] = name
-        return name
 
     # -- streams ----------------------------------------------------------------------------
 
@@ -314,75 +262,40 @@ class Engine:
         """Drop a stream's state; an open alert closes. Its next reading starts it afresh."""
         if self._shared is not None:
             self._pull([stream_id])
-        if stream_id not in self._bound:
+        if stream_id not in self._streams:
             raise UnknownStreamError(f"no stream {stream_id!r}")
         if self._shared is not None:
             self._shared.delete(stream_id)  # first: if Redis fails, nothing changed here
-        events = self._steppers[self._bound.pop(stream_id)].release(stream_id)
+        events = self._streams.release(stream_id)
         if events:
             self._on_alerts(events)
 
     def _evict_idle(self, cutoff: float) -> None:
-        for stepper in self._steppers.values():
+        for stepper in self._streams.steppers.values():
             for stream_id in stepper.arena.idle_since(cutoff):
                 if self._shared is None:
                     self.forget(stream_id)
                 else:  # idle here, perhaps not on another replica: drop only this copy
-                    self._bound.pop(stream_id)
-                    stepper.release(stream_id)
+                    self._streams.release(stream_id)
                 stepper.evictions += 1
 
     # -- persistence ------------------------------------------------------------------------
 
     def snapshot(self) -> list[StateCopy]:
         """Copies of every model's streams; taken between rounds, so all of one instant."""
-        return [stepper.copy() for stepper in self._steppers.values()]
+        return self._streams.snapshot()
 
     def restore(self, batches: Sequence[StreamBatch]) -> None:
-        """Replace the streams of each batch's model with the batch's (before `start`).
-
-        ValueError if a stream is in two batches or a batch does not fit its model's arena
-        (then nothing changed); CapacityError if one holds more than state.max_streams.
-        """
-        owners: dict[str, str] = {}
-        for batch in batches:
-            for stream_id in batch.stream_ids:
-                if owners.setdefault(stream_id, batch.model) != batch.model:
-                    raise ValueError(f"stream {stream_id!r} is in two models' state")
-        for batch in batches:
-            self._steppers[batch.model].restore(batch)
-        self._bound = {
-            stream_id: name
-            for name, stepper in self._steppers.items()
-            for stream_id in stepper.arena.stream_ids()
-        }
+        """Replace the streams of each batch's model with the batch's (before `start`); see
+        `StreamDirectory.restore` for the errors."""
+        self._streams.restore(batches)
 
     def adopt(self, batches: Sequence[StreamBatch], absent: Sequence[str] = ()) -> None:
-        """Take stored state for some streams, binding each to its batch's model; those
-        in `absent` and in no batch have no stored state any more and are dropped here."""
-        stored: set[str] = set()
-        for batch in batches:
-            stepper, keep = self._steppers[batch.model], []
-            for j, stream_id in enumerate(batch.stream_ids):
-                stored.add(stream_id)
-                bound = self._bound.get(stream_id)
-                if bound != batch.model:
-                    if bound is not None:
-                        self._steppers[bound].release(stream_id)
-                        del self._bound[stream_id]
-                    try:
-                        stepper.bind(stream_id)
-                    except CapacityError:
-                        continue  # its reading will be refused the same way
-                    self._bound[stream_id] = batch.model
-                keep.append(j)
-            stepper.adopt(batch if len(keep) == len(batch.stream_ids) else batch.subset(keep))
-        for stream_id in absent:
-            if stream_id not in stored and (bound := self._bound.pop(stream_id, None)):
-                self._steppers[bound].release(stream_id)
+        """Take stored state for some streams (see `StreamDirectory.adopt`)."""
+        self._streams.adopt(batches, absent)
 
     def open_alert_ids(self) -> set[str]:
-        return set().union(*(stepper.held_alert_ids() for stepper in self._steppers.values()))
+        return self._streams.open_alert_ids()
 
     def _pull(self, stream_ids: Sequence[str]) -> None:
         assert self._shared is not None
@@ -390,8 +303,9 @@ class Engine:
 
     def _push(self, items: list[tuple[_Job, int]], by_model: dict[str, list[int]]) -> None:
         assert self._shared is not None
+        steppers = self._streams.steppers
         self._shared.save([
-            self._steppers[name].export([items[i][0].readings[items[i][1]].stream_id for i in rows])
+            steppers[name].export([items[i][0].readings[items[i][1]].stream_id for i in rows])
             for name, rows in by_model.items()
         ])
 
@@ -400,14 +314,14 @@ class Engine:
     def stream_info(self, stream_id: str) -> StreamInfo:
         if self._shared is not None:
             self._pull([stream_id])
-        name = self._bound.get(stream_id)
+        name = self._streams.model_of(stream_id)
         if name is None:
             raise UnknownStreamError(f"no stream {stream_id!r}")
-        return self._steppers[name].info(stream_id)
+        return self._streams.steppers[name].info(stream_id)
 
     def stream_ids(self, after: str | None, limit: int) -> tuple[list[str], str | None]:
         """Stream ids in sorted order after the cursor `after`; the next cursor or None."""
-        ids = sorted(self._bound)
+        ids = self._streams.sorted_ids()
         start = 0 if after is None else int(np.searchsorted(np.array(ids), after, "right"))
         page = ids[start : start + limit]
         more = start + limit < len(ids)
@@ -423,7 +337,7 @@ class Engine:
 
     @property
     def live_streams(self) -> dict[str, int]:
-        return {name: len(stepper.arena) for name, stepper in self._steppers.items()}
+        return {name: len(stepper.arena) for name, stepper in self._streams.steppers.items()}
 
     def steppers(self) -> dict[str, Stepper]:
-        return self._steppers
+        return self._streams.steppers

@@ -24,7 +24,6 @@ a cooldown.
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
@@ -42,6 +41,7 @@ TAIL_EDGES = np.array(
     [*range(10), 10, 12, 14, 16, 18, 20, 25, 30, 40, 50, 70, 100, 150, 200, 300, 1000], np.float64
 )
 TAIL_BINS = len(TAIL_EDGES) - 1
+_BIN_HIGH, _BIN_WIDTH = TAIL_EDGES[1:], np.diff(TAIL_EDGES)
 
 
 def fit_calibration(abs_z: np.ndarray) -> Calibration:
@@ -74,16 +74,35 @@ def surprise(z: np.ndarray, observed: np.ndarray, calibration: Calibration) -> n
     return np.maximum(0.0, -channel_log_p.min(axis=1) - np.log(n_observed))
 
 
-@functools.cache
-def _log_factorials(n: int) -> np.ndarray:
-    """ln k! for k < n."""
-    return np.array([math.lgamma(k + 1) for k in range(n)])
+# Horner's series below overflows float64 past e^709; pooled windows stay far below (each
+# reading adds at most _POOL_CAP), other callers' rare larger sums go through log space.
+_SERIES_MAX_X = 600.0
 
 
 def _gamma_log_sf(x: np.ndarray, shape: int) -> np.ndarray:
-    """ln P(Gamma(shape, 1) >= x) for integer shape: -x + ln sum_{k<shape} x^k / k!."""
+    """ln P(Gamma(shape, 1) >= x) for integer shape: -x + ln sum_{k<shape} x^k / k!.
+
+    The sum is 1 + x/1 (1 + x/2 (1 + ... (1 + x/(shape-1)))), evaluated from the inside
+    out: a few in-place vector operations per term, no (batch, shape) temporaries.
+    """
     x = np.maximum(x, 1e-12)
-    log_terms = np.arange(shape) * np.log(x)[:, None] - _log_factorials(shape)
+    series = np.zeros_like(x)  # sum_{1 <= k < shape} x^k / k!
+    for k in range(shape - 1, 0, -1):
+        series += 1.0
+        series *= x
+        series /= k
+    out = np.log1p(series)
+    out -= x
+    big = x > _SERIES_MAX_X
+    if big.any():
+        out[big] = _gamma_log_sf_log_space(x[big], shape)
+    return out
+
+
+def _gamma_log_sf_log_space(x: np.ndarray, shape: int) -> np.ndarray:
+    """`_gamma_log_sf` for any x > 0, each term in log space (a (len(x), shape) matrix)."""
+    log_factorials = np.array([math.lgamma(k + 1) for k in range(shape)])
+    log_terms = np.arange(shape) * np.log(x)[:, None] - log_factorials
     peak = log_terms.max(axis=1)
     return -x + peak + np.log(np.exp(log_terms - peak[:, None]).sum(axis=1))
 
@@ -114,10 +133,11 @@ def stream_surprise(s: np.ndarray, tail: np.ndarray, params: ScoringParams) -> n
     spread evenly over its bin when counting how many reached s; those in the last bin (the
     model missed by a mile) reach any s.
     """
-    low, high = TAIL_EDGES[:-1], TAIL_EDGES[1:]
-    above = np.clip((high - s[:, None]) / (high - low), 0.0, 1.0)  # (batch, bins)
+    above = np.subtract(_BIN_HIGH, s[:, None])  # (batch, bins): share of each bin >= s
+    above /= _BIN_WIDTH
+    np.clip(above, 0.0, 1.0, out=above)
     above[:, -1] = 1.0
-    reached = (tail * above).sum(axis=1)
+    reached = np.einsum("ij,ij->i", tail, above)  # row-wise dot: ~2x faster than (*).sum
     p = (reached + params.tail_prior * np.exp(-s)) / (tail.sum(axis=1) + params.tail_prior)
     return -np.log(np.clip(p, 1e-300, 1.0))
 
@@ -142,19 +162,23 @@ def score(
     pooled = np.minimum(relative, _POOL_CAP).astype(history.dtype)
     new_history = np.concatenate([history[:, 1:], pooled[:, None]], axis=1)
     log_p = -relative
+    wide = new_history.astype(np.float64)  # (batch, history): sums in float64, as before
     for w in params.windows:
-        pooled_sum = new_history[:, -w:].sum(axis=1, dtype=np.float64)
+        pooled_sum = np.einsum("ij->i", wide[:, -w:])  # ~4x faster than .sum(axis=1)
         log_p = np.minimum(log_p, _gamma_log_sf(pooled_sum, w))
     log_p = np.minimum(0.0, log_p + math.log(1 + len(params.windows)))
     value = np.where(scorable, 0.0 - np.expm1(log_p), 0.0)
+    unscored = ~scorable
+    if unscored.any():
+        new_history[unscored] = history[unscored]
+    learning = scorable if learn is None else scorable & learn
+    # Rows that do not learn keep their tail: a factor of exactly 1 (one pass, no np.where).
+    kept = np.where(learning, 1.0 - params.tail_decay, 1.0).astype(tail.dtype)
+    new_tail = tail * kept[:, None]
     bins = np.searchsorted(TAIL_EDGES, s, side="right") - 1  # (batch,) in [0, TAIL_BINS)
-    new_tail = tail * (1.0 - params.tail_decay)
-    new_tail[np.arange(len(s)), np.minimum(bins, TAIL_BINS - 1)] += 1.0
-    return ScoreUpdate(
-        score=value,
-        history=np.where(scorable[:, None], new_history, history),
-        tail=np.where((scorable if learn is None else scorable & learn)[:, None], new_tail, tail),
-    )
+    rows = np.flatnonzero(learning)
+    new_tail[rows, np.minimum(bins[rows], TAIL_BINS - 1)] += 1.0
+    return ScoreUpdate(score=value, history=new_history, tail=new_tail)
 
 
 def threshold_for_false_alarm_rate(normal_scores: np.ndarray, rate: float) -> float:

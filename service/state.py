@@ -1,8 +1,8 @@
 """The state arena: every stream's recurrent state and statistics in preallocated arrays.
 
-One arena per model. A stream owns a slot (a row in every array); `stream_id -> slot` is one
-dict. Gather and scatter are one fancy-index per array, so a batch of readings never touches
-a per-stream Python object.
+One arena per model. A stream owns a slot: a packed record (`record_dtype`) in one array, so
+a batch's gather is one `take` and its scatter one `put`, and a batch of readings never
+touches a per-stream Python object. `stream_id -> slot` is one dict.
 
 >>> arena = StateArena(ArenaLayout(state_names=("h",), num_layers=1, hidden_size=4,
 ...                                channels=1, window=3), capacity=2, max_streams=10)
@@ -10,16 +10,16 @@ a per-stream Python object.
 >>> arena.gather_state(np.array([slot]))[0].shape
 (1, 1, 4)
 
-`copy()` copies the arrays at one instant (a memcpy each, cheap enough for the event loop);
-the copy's `pack()` turns the live streams' rows into records (slower: in a thread);
-`restore()` puts such records back. What is persisted is `record_dtype`: every field but the
-process-local `last_seen`.
+`copy()` copies the records at one instant (one memcpy, cheap enough for the event loop);
+the copy's `pack()` keeps the live streams' records (slower: in a thread); `restore()` puts
+such records back. What is persisted is `record_dtype`: every field but the process-local
+`last_seen`, which is kept in an array of its own.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -84,35 +84,42 @@ class ArenaSnapshot:
 
 @dataclass(frozen=True)
 class ArenaCopy:
-    """An arena's persisted arrays and slot owners, copied at one instant, free slots too."""
+    """An arena's records and slot owners, copied at one instant, free slots too."""
 
     slot_ids: list[str | None]
-    arrays: dict[str, np.ndarray]  # each (capacity, ...)
-    record_dtype: np.dtype
+    records: np.ndarray  # (capacity,) of record_dtype
 
     def pack(self) -> ArenaSnapshot:
-        """The live streams' rows as records (a gather per field: keep it off the loop)."""
+        """The live streams' records (a gather over every slot: keep it off the loop)."""
         live = np.array([s for s, sid in enumerate(self.slot_ids) if sid is not None], np.int64)
-        records = np.empty(len(live), self.record_dtype)  # (streams,)
-        for name in self.record_dtype.names or ():
-            records[name] = self.arrays[name][live]
-        return ArenaSnapshot([sid for sid in self.slot_ids if sid is not None], records)
+        return ArenaSnapshot(
+            [sid for sid in self.slot_ids if sid is not None], self.records.take(live)
+        )
 
 
 class StateArena:
-    """Slots for up to `max_streams` streams of one model; grows by doubling."""
+    """Slots for up to `max_streams` streams of one model; grows by doubling.
+
+    `arrays` names each field's column (a view into the records, plus `last_seen`) for
+    reading and writing one field; a batch goes through `take` and `put` instead.
+    """
 
     def __init__(self, layout: ArenaLayout, capacity: int, max_streams: int) -> None:
         self.layout = layout
         self.max_streams = max_streams
-        self._spec = layout.fields()
+        self.record_dtype = layout.record_dtype()
+        self._fresh = np.zeros((), self.record_dtype)  # a fresh stream's record
+        for name, (_, _, fresh) in layout.fields().items():
+            if name not in _LOCAL_FIELDS:
+                self._fresh[name] = fresh
+        self._records = np.empty(0, self.record_dtype)  # (capacity,)
+        self._last_seen = np.empty(0, np.float64)  # (capacity,) monotonic seconds, for the TTL
         self.arrays: dict[str, np.ndarray] = {}
         self._capacity = 0
         self._slots: dict[str, int] = {}
         self._ids: list[str | None] = []
         self._free: list[int] = []
         self._grow(min(capacity, max_streams))
-        self.record_dtype = layout.record_dtype()
 
     def __len__(self) -> int:
         return len(self._slots)
@@ -126,6 +133,10 @@ class StateArena:
 
     def slot_of(self, stream_id: str) -> int | None:
         return self._slots.get(stream_id)
+
+    def slot_lookup(self) -> Callable[[str], int | None]:
+        """`slot_of` without a Python call per stream, valid until the next `restore`."""
+        return self._slots.get
 
     def slots_of(self, stream_ids: list[str]) -> np.ndarray:
         """The slots of bound streams, in order: (len(stream_ids),) int64."""
@@ -147,7 +158,7 @@ class StateArena:
             self._grow(min(2 * self._capacity, self.max_streams))
         slot = self._free.pop()
         self.reset(slot)  # an int index: ~10x cheaper than a one-element fancy index
-        self.arrays["threshold"][slot] = threshold
+        self._records[slot]["threshold"] = threshold
         self._slots[stream_id] = slot
         self._ids[slot] = stream_id
         return slot
@@ -157,44 +168,50 @@ class StateArena:
         self._ids[slot] = None
         self._free.append(slot)
 
-    def reset(self, slots: np.ndarray | int, keep: tuple[str, ...] = ()) -> None:
-        """Return slots to a fresh stream's values, except the fields named in `keep`."""
-        for name, (_, _, fresh) in self._spec.items():
+    def reset(self, slots: np.ndarray | int) -> None:
+        """Return slots to a fresh stream's values."""
+        self._records[slots] = self._fresh
+        self._last_seen[slots] = 0.0
+
+    def refresh(self, records: np.ndarray, rows: np.ndarray, keep: tuple[str, ...] = ()) -> None:
+        """Give `records[rows]` (taken from this arena) a fresh stream's values, in place,
+        except the fields named in `keep`."""
+        for name in self.record_dtype.names or ():
             if name not in keep:
-                self.arrays[name][slots] = fresh
+                records[name][rows] = self._fresh[name]
+
+    def take(self, slots: np.ndarray) -> np.ndarray:
+        """Copies of the records of `slots`: (len(slots),) of record_dtype."""
+        # take, not records[slots]: a structured fancy index copies field by field, ~8x slower
+        return self._records.take(slots)
+
+    def put(self, slots: np.ndarray, records: np.ndarray, seen_at: float) -> None:
+        """Store records (of record_dtype) into distinct `slots`; they count as seen at
+        `seen_at` (monotonic seconds)."""
+        if records.dtype != self.record_dtype:
+            raise ValueError(f"records of {records.dtype}, the arena keeps {self.record_dtype}")
+        np.put(self._records, slots, records)
+        self._last_seen[slots] = seen_at
 
     def gather_state(self, slots: np.ndarray) -> tuple[np.ndarray, ...]:
         """The recurrent state of `slots`, as the model takes it: each (layers, batch, hidden)."""
-        return tuple(
-            np.ascontiguousarray(self.arrays[f"state_{name}"][slots].transpose(1, 0, 2))
-            for name in self.layout.state_names
-        )
+        return state_of(self.take(slots), self.layout)
 
     def scatter_state(self, slots: np.ndarray, state: tuple[np.ndarray, ...]) -> None:
         for name, value in zip(self.layout.state_names, state, strict=True):
-            self.arrays[f"state_{name}"][slots] = value.transpose(1, 0, 2)
+            self._records[f"state_{name}"][slots] = value.transpose(1, 0, 2)
 
     def read_records(self, slots: np.ndarray) -> np.ndarray:
         """Copies of the persisted fields of `slots`, one record each."""
-        records = np.empty(len(slots), self.record_dtype)  # (slots,)
-        for name in self.record_dtype.names or ():
-            records[name] = self.arrays[name][slots]
-        return records
+        return self.take(slots)
 
     def write_records(self, slots: np.ndarray, records: np.ndarray) -> None:
         """Put records (of `record_dtype`) into `slots`; they count as just seen."""
-        if records.dtype != self.record_dtype:
-            raise ValueError(f"records of {records.dtype}, the arena keeps {self.record_dtype}")
-        for name in self.record_dtype.names or ():
-            self.arrays[name][slots] = records[name]
-        self.arrays["last_seen"][slots] = time.monotonic()
+        self.put(slots, records, time.monotonic())
 
     def copy(self) -> ArenaCopy:
-        """Every stream as of now: a plain copy of each persisted array and of the slot owners."""
-        names = self.record_dtype.names or ()
-        return ArenaCopy(
-            list(self._ids), {name: self.arrays[name].copy() for name in names}, self.record_dtype
-        )
+        """Every stream as of now: a plain copy of the records and of the slot owners."""
+        return ArenaCopy(list(self._ids), self._records.copy())
 
     def restore(self, snapshot: ArenaSnapshot) -> None:
         """Replace every stream with the snapshot's.
@@ -214,24 +231,37 @@ class StateArena:
             capacity = min(2 * capacity, self.max_streams)
         if capacity > self._capacity:
             self._grow(capacity)
-        self.reset(np.arange(self._capacity))
+        self._records[n:] = self._fresh
+        self._last_seen[n:] = 0.0
         self._slots = dict(zip(stream_ids, range(n), strict=True))
         self._ids = [*stream_ids, *([None] * (self._capacity - n))]
         self._free = list(range(self._capacity - 1, n - 1, -1))
-        self.write_records(np.arange(n), snapshot.records)
+        self._records[:n] = snapshot.records
+        self._last_seen[:n] = time.monotonic()
 
     def idle_since(self, cutoff: float) -> list[str]:
         """Streams whose last reading arrived before `cutoff` (monotonic seconds)."""
-        live = np.flatnonzero(self.arrays["last_seen"][: self._capacity] < cutoff)
+        live = np.flatnonzero(self._last_seen < cutoff)
         return [sid for slot in live if (sid := self._ids[slot]) is not None]
 
     def _grow(self, capacity: int) -> None:
         old = self._capacity
-        for name, (shape, dtype, fresh) in self._spec.items():
-            grown: np.ndarray = np.full((capacity, *shape), fresh, dtype=dtype)
-            if old:
-                grown[:old] = self.arrays[name]
-            self.arrays[name] = grown
+        records = np.empty(capacity, self.record_dtype)  # (capacity,)
+        records[:old] = self._records
+        records[old:] = self._fresh
+        last_seen = np.zeros(capacity, np.float64)
+        last_seen[:old] = self._last_seen
+        self._records, self._last_seen = records, last_seen
+        self.arrays = {name: records[name] for name in self.record_dtype.names or ()}
+        self.arrays["last_seen"] = last_seen
         self._ids.extend([None] * (capacity - old))
         self._free.extend(range(capacity - 1, old - 1, -1))  # pop() hands out low slots first
         self._capacity = capacity
+
+
+def state_of(records: np.ndarray, layout: ArenaLayout) -> tuple[np.ndarray, ...]:
+    """The recurrent state in `records`, as the model takes it: each (layers, batch, hidden)."""
+    return tuple(
+        np.ascontiguousarray(records[f"state_{name}"].transpose(1, 0, 2))
+        for name in layout.state_names
+    )

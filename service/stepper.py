@@ -1,4 +1,4 @@
-"""One model's share of a round: gather slots, step the model once, score, scatter.
+"""One model's share of a round: take its streams' records, step the model once, score, put.
 
 Everything here is vectorized over the round's readings (at most one per stream):
 time checks, per-stream normalization, the model call, scoring, the alert rule. Only
@@ -14,54 +14,39 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import NamedTuple, TypeVar
+from typing import TypeVar
 
 import numpy as np
 
 from service import normalization, scoring
 from service.alerts import Alert, iso, update_peak
-from service.errors import InvalidReadingError, OutOfOrderError, StreamwatchError
+from service.errors import InvalidReadingError, OutOfOrderError
 from service.model import Forecaster
+from service.results import (
+    ANOMALY,
+    CLOSED,
+    GAP,
+    OPENED,
+    SCORED,
+    WARMING,
+    AlertRef,
+    Outcome,
+    Reading,
+    Result,
+    results_of,
+)
 from service.settings import Settings
-from service.state import ArenaCopy, ArenaSnapshot, StateArena
+from service.state import ArenaSnapshot, StateArena, state_of
+from service.stream_batch import StateCopy, StreamBatch
 
-_ANOMALY, _WARMING, _GAP, _OPENED, _CLOSED, _SCORED = (1 << i for i in range(6))
+# A round's records and the persisted form are re-exported: callers import them from here.
+__all__ = [
+    "AlertRef", "Outcome", "Reading", "Result", "StateCopy", "StepOutcome", "Stepper",
+    "StreamBatch", "StreamInfo",
+]
+
 _INTERVAL_ALPHA = 0.1  # how fast a stream's typical interval follows its recent ones
 _V = TypeVar("_V")
-_new_result = tuple.__new__  # Result(...) without the Python-level __new__ of a NamedTuple
-
-
-# Reading and Result are NamedTuples, not frozen dataclasses: the hot path makes one of each
-# per reading, and a 12-field frozen dataclass costs ~2.6 us to build against ~0.6 us.
-class Reading(NamedTuple):
-    stream_id: str
-    timestamp: float  # epoch seconds
-    values: tuple[float, ...]  # NaN marks a missing channel (null on the wire)
-    model: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class AlertRef:
-    id: str
-    event: str
-
-
-class Result(NamedTuple):
-    stream_id: str
-    timestamp: float
-    model: str
-    forecast_loc: list[float] | None  # the forecast this reading was judged against
-    forecast_scale: list[float] | None
-    score: float
-    threshold: float
-    anomaly: bool
-    warming_up: bool
-    gap: bool
-    duplicate: bool
-    alert: AlertRef | None
-
-
-Outcome = Result | StreamwatchError
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,42 +58,6 @@ class StreamInfo:
     last_timestamp: float | None
     last_score: float
     open_alert: Alert | None
-
-
-@dataclass(frozen=True)
-class StreamBatch:
-    """Some streams of one model as a store keeps them: arena records and alert memory."""
-
-    model: str
-    stream_ids: list[str]
-    records: np.ndarray  # (streams,) of the arena's record_dtype
-    open_alerts: dict[str, Alert]  # stream_id -> its open alert, for those that have one
-    last_alerts: dict[str, AlertRef]  # stream_id -> the alert event of its last reading
-
-    def subset(self, keep: Sequence[int]) -> StreamBatch:
-        """The streams at positions `keep`."""
-        ids = [self.stream_ids[j] for j in keep]
-        return StreamBatch(
-            self.model, ids, self.records[np.asarray(keep, np.int64)],
-            {sid: a for sid in ids if (a := self.open_alerts.get(sid)) is not None},
-            {sid: r for sid in ids if (r := self.last_alerts.get(sid)) is not None},
-        )
-
-
-@dataclass(frozen=True)
-class StateCopy:
-    """One model's streams copied at one instant (cheap); `batch()` packs them (off the loop)."""
-
-    model: str
-    arena: ArenaCopy
-    open_alerts: dict[str, Alert]
-    last_alerts: dict[str, AlertRef]
-
-    def batch(self) -> StreamBatch:
-        packed = self.arena.pack()
-        return StreamBatch(
-            self.model, packed.stream_ids, packed.records, self.open_alerts, self.last_alerts
-        )
 
 
 @dataclass(frozen=True)
@@ -211,13 +160,22 @@ class Stepper:
             open_alert=self._open.get(stream_id),
         )
 
-    def apply(self, readings: Sequence[Reading]) -> StepOutcome:
-        """Apply one reading per distinct stream; outcomes in the order given."""
-        arena, a = self.arena, self.arena.arrays
-        slots = arena.slots_of([r.stream_id for r in readings])
-        ts = np.array([r.timestamp for r in readings], np.float64)
-        x = np.array([r.values for r in readings], np.float64)  # (batch, channels)
-        last_ts = a["last_ts"][slots]
+    def apply(self, readings: Sequence[Reading], slots: np.ndarray | None = None) -> StepOutcome:
+        """Apply one reading per distinct bound stream; outcomes in the order given.
+
+        Each reading has the model's number of channels (the engine checks); `slots` are
+        the streams' slots when the caller has looked them up already.
+        """
+        n, channels = len(readings), self.model.card.n_channels
+        if slots is None:
+            slots = self.arena.slots_of([r.stream_id for r in readings])
+        ts = np.fromiter([r.timestamp for r in readings], np.float64, n)
+        # fromiter over the flattened values: np.array on a list of tuples is ~2.5x slower
+        x = np.fromiter(
+            itertools.chain.from_iterable([r.values for r in readings]), np.float64, n * channels
+        ).reshape(n, channels)  # (batch, channels)
+        records = self.arena.take(slots)  # (batch,) this round's working copy
+        last_ts = records["last_ts"]
         duplicate = ts == last_ts
         late = ts < last_ts
         fresh = ~(duplicate | late)
@@ -229,16 +187,21 @@ class Stepper:
             )
         if duplicate.any():  # retried readings: the results they got the first time
             again = np.flatnonzero(duplicate)
-            stored = self._results(readings, again.tolist(), slots[again], duplicate=True)
+            stored = results_of(
+                [readings[i] for i in again.tolist()], records.take(again), self.name,
+                self._last_alert, duplicate=True,
+            )
             for i, result in zip(again.tolist(), stored, strict=True):
                 outcomes[i] = result
         events: list[tuple[str, Alert]] = []
         rows = np.flatnonzero(fresh)
         if rows.size:
+            if rows.size < len(readings):
+                slots, ts, x, records = slots[rows], ts[rows], x[rows], records.take(rows)
             # Huge values may overflow on the way; _advance refuses what is not finite, so
             # numpy's warnings say nothing new (and, raised as errors, would stop the engine).
             with np.errstate(over="ignore", invalid="ignore"):
-                events = self._advance(readings, rows, slots[rows], ts[rows], x[rows], outcomes)
+                events = self._advance(readings, rows, slots, records, ts, x, outcomes)
         return StepOutcome(outcomes, events)  # type: ignore[arg-type]
 
     def _advance(
@@ -246,16 +209,18 @@ class Stepper:
         readings: Sequence[Reading],
         rows: np.ndarray,
         slots: np.ndarray,
+        rec: np.ndarray,
         ts: np.ndarray,
         x: np.ndarray,
         outcomes: list[Outcome | None],
     ) -> list[tuple[str, Alert]]:
-        a = self.arena.arrays
-        gap = self._gaps(slots, ts)
+        """Step the readings `rows` of fresh streams; `rec` holds their slots' records, and
+        every field of it is read before the first is written back."""
+        gap = self._gaps(rec, ts)
         if gap.any() and self._time.gap_policy == "rewarm":
-            self.arena.reset(slots[gap], keep=("threshold", "last_ts", "interval", "seen"))
-        count, mean, var = a["count"][slots], a["mean"][slots], a["var"][slots]
-        loc, scale = a["next_loc"][slots], a["next_scale"][slots]
+            self.arena.refresh(rec, gap, keep=("threshold", "last_ts", "interval", "seen"))
+        count, mean, var = rec["count"], rec["mean"], rec["var"]
+        loc, scale = rec["next_loc"].copy(), rec["next_scale"].copy()
         observed = ~np.isnan(x)
         has_forecast = count > 0
         scorable = has_forecast & observed.any(axis=1)
@@ -268,7 +233,7 @@ class Stepper:
             std = normalization.std_of(mean, var)
         else:
             u, count, std = x_filled, count + 1, np.ones_like(x_filled)
-        state = self.arena.gather_state(slots)
+        state = state_of(rec, self.arena.layout)
         loc_u, scale_u, new_state = self.model.step(u.astype(np.float32), state)
         next_loc = loc_u * std + (mean if self._per_stream else 0.0)
         next_scale = scale_u * std
@@ -282,8 +247,8 @@ class Stepper:
                     "forecast for this reading; it was not applied"
                 )
             keep = finite
-            rows, slots, ts, x, gap, observed, scorable, z = (
-                v[keep] for v in (rows, slots, ts, x, gap, observed, scorable, z)
+            rows, slots, rec, ts, x, gap, observed, scorable, z = (
+                v[keep] for v in (rows, slots, rec, ts, x, gap, observed, scorable, z)
             )
             count, mean, var, loc, scale, next_loc, next_scale = (
                 v[keep] for v in (count, mean, var, loc, scale, next_loc, next_scale)
@@ -294,60 +259,65 @@ class Stepper:
         warming = count <= self._norm.warmup_n
         may_alert = scorable & ~warming
         scored = scoring.score(
-            s, a["history"][slots], a["tail"][slots], scorable, self._scoring, learn=may_alert
+            s, rec["history"], rec["tail"], scorable, self._scoring, learn=may_alert
         )
-        threshold = a["threshold"][slots]
+        threshold = rec["threshold"]
         rule = scoring.update_alerts(
             scored.score,
             threshold,
             may_alert,
-            a["open_hits"][slots],
-            a["hold_hits"][slots],
-            a["is_open"][slots],
-            a["cooldown"][slots],
+            rec["open_hits"],
+            rec["hold_hits"],
+            rec["is_open"],
+            rec["cooldown"],
             self._alerting,
         )
         anomaly = may_alert & (scored.score >= threshold)
+        interval = self._next_interval(rec, ts, gap)
 
-        self.arena.scatter_state(slots, new_state)
-        a["count"][slots], a["mean"][slots], a["var"][slots] = count, mean, var
-        a["last_loc"][slots], a["last_scale"][slots] = loc, scale
-        a["next_loc"][slots], a["next_scale"][slots] = next_loc, next_scale
-        a["history"][slots], a["tail"][slots] = scored.history, scored.tail
-        a["open_hits"][slots], a["hold_hits"][slots] = rule.open_hits, rule.hold_hits
-        a["is_open"][slots], a["cooldown"][slots] = rule.is_open, rule.cooldown
-        a["interval"][slots] = self._next_interval(slots, ts, gap)
-        a["last_ts"][slots] = ts
-        a["last_score"][slots] = scored.score
-        a["seen"][slots] += 1
-        a["last_seen"][slots] = time.monotonic()
-        a["last_flags"][slots] = (
-            anomaly * _ANOMALY
-            | warming * _WARMING
-            | gap * _GAP
-            | rule.opened * _OPENED
-            | rule.closed * _CLOSED
-            | scorable * _SCORED
-        ).astype(np.uint8)
+        for name, value in zip(self.arena.layout.state_names, new_state, strict=True):
+            rec[f"state_{name}"] = value.transpose(1, 0, 2)
+        rec["count"], rec["mean"], rec["var"] = count, mean, var
+        rec["last_loc"], rec["last_scale"] = loc, scale
+        rec["next_loc"], rec["next_scale"] = next_loc, next_scale
+        rec["history"], rec["tail"] = scored.history, scored.tail
+        rec["open_hits"], rec["hold_hits"] = rule.open_hits, rule.hold_hits
+        rec["is_open"], rec["cooldown"] = rule.is_open, rule.cooldown
+        rec["interval"] = interval
+        rec["last_ts"] = ts
+        rec["last_score"] = scored.score
+        rec["seen"] += 1
+        rec["last_flags"] = (
+            anomaly * ANOMALY
+            | warming * WARMING
+            | gap * GAP
+            | rule.opened * OPENED
+            | rule.closed * CLOSED
+            | scorable * SCORED
+        )
+        self.arena.put(slots, rec, time.monotonic())
 
         events = self._track_alerts(readings, rows, rule, scored.score, ts, loc, x)
-        done = rows.tolist()
-        for i, result in zip(done, self._results(readings, done, slots, duplicate=False),
-                             strict=True):
-            outcomes[i] = result
+        if len(rows) == len(outcomes):
+            outcomes[:] = results_of(readings, rec, self.name, self._last_alert, duplicate=False)
+        else:
+            done = rows.tolist()
+            stepped = [readings[i] for i in done]
+            for i, result in zip(
+                done, results_of(stepped, rec, self.name, self._last_alert, duplicate=False),
+                strict=True,
+            ):
+                outcomes[i] = result
         return events
 
-    def _gaps(self, slots: np.ndarray, ts: np.ndarray) -> np.ndarray:
-        a = self.arena.arrays
-        interval = a["interval"][slots]
-        dt = ts - a["last_ts"][slots]
+    def _gaps(self, rec: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        dt = ts - rec["last_ts"]
         with np.errstate(invalid="ignore"):
-            return (a["count"][slots] > 1) & (dt > self._time.gap_factor * interval)
+            return (rec["count"] > 1) & (dt > self._time.gap_factor * rec["interval"])
 
-    def _next_interval(self, slots: np.ndarray, ts: np.ndarray, gap: np.ndarray) -> np.ndarray:
-        a = self.arena.arrays
-        interval = a["interval"][slots]
-        dt = ts - a["last_ts"][slots]
+    def _next_interval(self, rec: np.ndarray, ts: np.ndarray, gap: np.ndarray) -> np.ndarray:
+        interval = rec["interval"]
+        dt = ts - rec["last_ts"]
         followed = np.where(np.isnan(interval), dt, interval + _INTERVAL_ALPHA * (dt - interval))
         return np.where(gap | np.isnan(dt), interval, followed)  # a gap is not the new normal
 
@@ -391,46 +361,6 @@ class Stepper:
                     self._open[stream_id], value, at, forecast, actual
                 )
         return events
-
-    def _results(
-        self, readings: Sequence[Reading], rows: list[int], slots: np.ndarray, *, duplicate: bool
-    ) -> list[Result]:
-        """The results of `readings[rows]`, read back from their `slots` one field at a time."""
-        a, name, last_alert = self.arena.arrays, self.name, self._last_alert
-        flags = a["last_flags"][slots]
-        scored = ((flags & _SCORED) != 0).tolist()
-        alerted = ((flags & (_OPENED | _CLOSED)) != 0).tolist()
-        columns = zip(
-            rows,
-            scored,
-            a["last_loc"].take(slots, axis=0).tolist(),
-            a["last_scale"].take(slots, axis=0).tolist(),
-            a["last_score"][slots].tolist(),
-            a["threshold"][slots].tolist(),
-            ((flags & _ANOMALY) != 0).tolist(),
-            ((flags & _WARMING) != 0).tolist(),
-            ((flags & _GAP) != 0).tolist(),
-            alerted,
-            strict=True,
-        )
-        results = []
-        for i, has_forecast, loc, scale, score, threshold, anomaly, warming, gap, event in columns:
-            stream_id, timestamp = readings[i].stream_id, readings[i].timestamp
-            results.append(_new_result(Result, (
-                stream_id,
-                timestamp,
-                name,
-                loc if has_forecast else None,
-                scale if has_forecast else None,
-                score,
-                threshold,
-                anomaly,
-                warming,
-                gap,
-                duplicate,
-                last_alert.get(stream_id) if event else None,
-            )))
-        return results
 
 
 def _put(memory: dict[str, _V], key: str, value: _V | None) -> None:

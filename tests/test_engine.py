@@ -105,6 +105,18 @@ async def test_results_come_back_in_the_order_sent(settings) -> None:
     ]
 
 
+async def test_a_streams_later_readings_wait_for_later_rounds_one_each(settings) -> None:
+    batch = [Reading("a", float(t), (1.0,)) for t in range(3)]
+    batch += [Reading("b", 0.0, (1.0,)), Reading("c", 0.0, (1.0,))]
+    async with running_engine(settings) as engine:
+        rounds = engine.rounds
+        results = await engine.submit(batch)
+        assert engine.rounds - rounds == 3  # {a@0, b, c}, {a@1}, {a@2}
+        assert engine.queued == 0
+    assert all(isinstance(r, Result) and not r.duplicate for r in results)
+    assert [r.timestamp for r in results if isinstance(r, Result)] == [0.0, 1.0, 2.0, 0.0, 0.0]
+
+
 async def test_a_retried_reading_returns_its_first_result_without_stepping(settings) -> None:
     readings = _readings("pump", sine(30))
     async with running_engine(settings) as engine:

@@ -49,3 +49,46 @@ def test_idle_streams_are_found_by_last_seen() -> None:
     for i, seen in enumerate([10.0, 50.0, 20.0]):
         arena.arrays["last_seen"][arena.bind(f"s{i}", 0.9)] = seen
     assert sorted(arena.idle_since(30.0)) == ["s0", "s2"]
+
+
+def test_take_and_put_move_whole_records_and_mark_them_seen() -> None:
+    arena = StateArena(LAYOUT, capacity=4, max_streams=4)
+    slots = np.array([arena.bind(f"s{i}", 0.9) for i in range(3)])
+    records = arena.take(slots[[2, 0]])
+    records["count"] = [5, 7]
+    records["history"][0] = [1.0, 2.0, 3.0, 4.0]
+    arena.put(slots[[2, 0]], records, seen_at=123.0)
+    again = arena.take(slots)
+    assert again["count"].tolist() == [7, 0, 5]
+    assert again["history"][2].tolist() == [1.0, 2.0, 3.0, 4.0]
+    assert arena.arrays["last_seen"][slots].tolist() == [123.0, 0.0, 123.0]
+    with pytest.raises(ValueError, match="record"):
+        arena.put(slots[:1], np.zeros(1, [("count", np.int64)]), seen_at=0.0)
+
+
+def test_refresh_gives_fresh_values_to_the_rows_asked_except_the_fields_kept() -> None:
+    arena = StateArena(LAYOUT, capacity=2, max_streams=2)
+    slots = np.array([arena.bind("a", 0.5), arena.bind("b", 0.7)])
+    records = arena.take(slots)
+    records["count"], records["seen"], records["mean"] = 9, 9, 3.0
+    arena.refresh(records, np.array([True, False]), keep=("seen", "threshold"))
+    assert records["count"].tolist() == [0, 9] and records["seen"].tolist() == [9, 9]
+    assert records["mean"].tolist() == [[0.0], [3.0]]
+    assert records["threshold"].tolist() == [0.5, 0.7]
+    assert np.isnan(records["next_loc"][0]).all()
+
+
+def test_a_copy_packs_the_live_streams_records_as_of_the_copy() -> None:
+    arena = StateArena(LAYOUT, capacity=4, max_streams=4)
+    for i in range(3):
+        arena.arrays["count"][arena.bind(f"s{i}", 0.9)] = 10 + i
+    arena.release("s1")
+    copy = arena.copy()
+    arena.arrays["count"][arena.slot_of("s0")] = 99  # after the copy: not in it
+    snapshot = copy.pack()
+    assert snapshot.stream_ids == ["s0", "s2"]
+    assert snapshot.records.dtype == arena.record_dtype
+    assert snapshot.records["count"].tolist() == [10, 12]
+    restored = StateArena(LAYOUT, capacity=1, max_streams=4)
+    restored.restore(snapshot)
+    assert restored.take(np.array([restored.slot_of("s2")]))["count"].tolist() == [12]

@@ -1,0 +1,181 @@
+"""Which model each stream is bound to, and each model's stepper.
+
+The directory binds new streams (checking model and channels), routes a round's readings to
+their models and slots, releases streams, and snapshots, restores and adopts the streams of
+every model at once. It knows nothing of queues or rounds: that is the engine's part.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from service import scoring
+from service.alerts import Alert
+from service.errors import CapacityError, InvalidReadingError, ModelMismatchError, StreamwatchError
+from service.model import ModelCard
+from service.registry import ModelRegistry
+from service.settings import Settings
+from service.state import ArenaLayout, StateArena
+from service.stepper import Outcome, Reading, StateCopy, Stepper, StreamBatch
+
+Routed = tuple[list[int], list[int]]  # a model's share of a round: rows, and their slots
+
+
+def arena_layout(card: ModelCard, settings: Settings) -> ArenaLayout:
+    """The per-stream arrays a model's streams need under these settings."""
+    return ArenaLayout(
+        state_names=card.state_names,
+        num_layers=card.num_layers,
+        hidden_size=card.hidden_size,
+        channels=card.n_channels,
+        window=max(settings.scoring.windows),
+        tail_bins=scoring.TAIL_BINS,
+    )
+
+
+class StreamDirectory:
+    """Every bound stream's model, and each model's `Stepper` (which owns its arena)."""
+
+    def __init__(self, registry: ModelRegistry, settings: Settings) -> None:
+        self.registry = registry
+        self.steppers = {
+            name: Stepper(name, model, _new_arena(model.card, settings), settings)
+            for name, model in registry.models.items()
+        }
+        self._bound: dict[str, str] = {}  # stream_id -> model name
+        self._channels = {name: model.card.n_channels for name, model in registry.models.items()}
+
+    def __contains__(self, stream_id: str) -> bool:
+        return stream_id in self._bound
+
+    def model_of(self, stream_id: str) -> str | None:
+        return self._bound.get(stream_id)
+
+    def sorted_ids(self) -> list[str]:
+        return sorted(self._bound)
+
+    def route(
+        self,
+        readings: Sequence[Reading],
+        outcomes: list[Outcome | None],
+        unbound: list[StreamwatchError],
+    ) -> dict[str, Routed]:
+        """Each reading's model and slot, binding new streams: model -> (rows, slots).
+
+        A reading that cannot be bound gets its error in `outcomes` and in `unbound`.
+        """
+        by_model: dict[str, Routed] = {}
+        steppers, bound, channels = self.steppers, self._bound, self._channels
+        # With one model, its arena's slot map tells both whether a stream is bound and where:
+        # one lookup per reading instead of two (on 100k streams each is a cache miss).
+        only = next(iter(steppers)) if len(steppers) == 1 else None
+        only_slot = steppers[only].arena.slot_lookup() if only is not None else None
+        for i, reading in enumerate(readings):
+            stream_id = reading.stream_id
+            name: str | None
+            if only_slot is not None:
+                name, slot = only, only_slot(stream_id)
+            else:
+                name = bound.get(stream_id)
+                slot = None if name is None else steppers[name].arena.slot_of(stream_id)
+            if (
+                name is None
+                or slot is None
+                or reading.model is not None
+                or len(reading.values) != channels[name]
+            ):
+                try:
+                    name = self.bind(reading)
+                except StreamwatchError as error:
+                    outcomes[i] = error
+                    unbound.append(error)
+                    continue
+                slot = steppers[name].arena.slot_of(stream_id)
+                assert slot is not None
+            routed = by_model.get(name)
+            if routed is None:
+                by_model[name] = routed = ([], [])
+            routed[0].append(i)
+            routed[1].append(slot)
+        return by_model
+
+    def bind(self, reading: Reading) -> str:
+        """The model this reading's stream is bound to, binding a new stream if valid."""
+        bound = self._bound.get(reading.stream_id)
+        if bound is not None:
+            if reading.model is not None and reading.model != bound:
+                raise ModelMismatchError(
+                    f"stream {reading.stream_id!r} is bound to model {bound!r}, "
+                    f"not {reading.model!r}; delete the stream to rebind it"
+                )
+            name = bound
+        else:
+            name = self.registry.model_for(reading.stream_id, reading.model)
+        channels = self._channels[name]
+        if len(reading.values) != channels:
+            raise InvalidReadingError(
+                f"model {name!r} takes {channels} channel(s), the reading has {len(reading.values)}"
+            )
+        if bound is None:
+            self.steppers[name].bind(reading.stream_id)
+            self._bound[reading.stream_id] = name
+        return name
+
+    def release(self, stream_id: str) -> list[tuple[str, Alert]]:
+        """Drop a bound stream; the events of closing its open alert, if it had one."""
+        return self.steppers[self._bound.pop(stream_id)].release(stream_id)
+
+    def snapshot(self) -> list[StateCopy]:
+        """Copies of every model's streams, all of one instant."""
+        return [stepper.copy() for stepper in self.steppers.values()]
+
+    def restore(self, batches: Sequence[StreamBatch]) -> None:
+        """Replace the streams of each batch's model with the batch's.
+
+        ValueError if a stream is in two batches or a batch does not fit its model's arena
+        (then nothing changed); CapacityError if one holds more than state.max_streams.
+        """
+        owners: dict[str, str] = {}
+        for batch in batches:
+            for stream_id in batch.stream_ids:
+                if owners.setdefault(stream_id, batch.model) != batch.model:
+                    raise ValueError(f"stream {stream_id!r} is in two models' state")
+        for batch in batches:
+            self.steppers[batch.model].restore(batch)
+        self._bound = {
+            stream_id: name
+            for name, stepper in self.steppers.items()
+            for stream_id in stepper.arena.stream_ids()
+        }
+
+    def adopt(self, batches: Sequence[StreamBatch], absent: Sequence[str] = ()) -> None:
+        """Take stored state for some streams, binding each to its batch's model; those
+        in `absent` and in no batch have no stored state any more and are dropped here."""
+        stored: set[str] = set()
+        for batch in batches:
+            stepper, keep = self.steppers[batch.model], []
+            for j, stream_id in enumerate(batch.stream_ids):
+                stored.add(stream_id)
+                bound = self._bound.get(stream_id)
+                if bound != batch.model:
+                    if bound is not None:
+                        self.steppers[bound].release(stream_id)
+                        del self._bound[stream_id]
+                    try:
+                        stepper.bind(stream_id)
+                    except CapacityError:
+                        continue  # its reading will be refused the same way
+                    self._bound[stream_id] = batch.model
+                keep.append(j)
+            stepper.adopt(batch if len(keep) == len(batch.stream_ids) else batch.subset(keep))
+        for stream_id in absent:
+            if stream_id not in stored and (bound := self._bound.pop(stream_id, None)):
+                self.steppers[bound].release(stream_id)
+
+    def open_alert_ids(self) -> set[str]:
+        return set().union(*(stepper.held_alert_ids() for stepper in self.steppers.values()))
+
+
+def _new_arena(card: ModelCard, settings: Settings) -> StateArena:
+    layout = arena_layout(card, settings)
+    return StateArena(layout, settings.state.initial_capacity, settings.state.max_streams)
