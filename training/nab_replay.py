@@ -61,6 +61,7 @@ class Replayed:
     may_alert: np.ndarray  # (readings,) bool: scored and past warm-up, as the alert rule saw it
     opened: np.ndarray  # (readings,) bool: an alert opened at this reading
     threshold: float  # the stream's configured threshold
+    gap: np.ndarray  # (readings,) bool: the engine saw a gap in time before this reading
 
     @property
     def refused(self) -> int:
@@ -155,7 +156,7 @@ def replay_corpus(
 def _replayed(file: NabFile, outcomes: Sequence[Result | StreamwatchError]) -> Replayed:
     n = len(outcomes)
     score, loc, scale = np.zeros(n), np.full(n, np.nan), np.full(n, np.nan)
-    applied, may_alert, opened = (np.zeros(n, bool) for _ in range(3))
+    applied, may_alert, opened, gap = (np.zeros(n, bool) for _ in range(4))
     threshold = np.nan
     for i, outcome in enumerate(outcomes):
         if not isinstance(outcome, Result):
@@ -165,11 +166,12 @@ def _replayed(file: NabFile, outcomes: Sequence[Result | StreamwatchError]) -> R
         if outcome.duplicate:
             continue  # answered with the earlier reading's result; nothing stepped
         applied[i] = True
+        gap[i] = outcome.gap
         if outcome.forecast_loc is not None and outcome.forecast_scale is not None:
             loc[i], scale[i] = outcome.forecast_loc[0], outcome.forecast_scale[0]
             may_alert[i] = not outcome.warming_up
         opened[i] = outcome.alert is not None and outcome.alert.event == "opened"
-    return Replayed(file, score, loc, scale, applied, may_alert, opened, float(threshold))
+    return Replayed(file, score, loc, scale, applied, may_alert, opened, float(threshold), gap)
 
 
 # -- the alert rule at other thresholds ------------------------------------------------------

@@ -1,0 +1,268 @@
+"""Surprise -> anomaly likelihood score in [0, 1], vectorized over a batch of streams.
+
+An alternative to `service.scoring.score`, after Numenta's anomaly likelihood (Ahmad et al.
+2017), tuned on NAB (`training.nab_tuning`). Per stream, with state in fixed-size arrays:
+
+1. Two surprises per reading, each about Exp(1) when nothing is wrong: the forecast's
+   (`service.scoring.surprise`), and the time-of-day profile's: the stream keeps the mean
+   and variance of its values in each of `day_bins` bins of the day, and a value far from
+   its bin's mean is surprising (two-sided Gaussian tail, Bonferroni over channels). The
+   profile sees what a forecaster without a clock cannot: a day that lost its daily shape.
+2. Each surprise is averaged over the last `window` readings: forecast errors come in runs,
+   and an average judges a run once instead of each of its readings.
+3. Each average is judged against the stream's own distribution of it, a Gaussian whose mean
+   and variance are averaged exactly over the first `horizon` learned readings and then
+   forget with weight 1 / horizon: p_k = P(N(mean_k, var_k) >= average_k).
+4. A reading beyond the range of values the stream has shown, by more than `range_margin`
+   of that range, is improbable on its own: p_range = `range_tail`. Forecasters trained on
+   normal data miss the first level never seen before by less than its size.
+
+The score is 1 - min(1, K * min_k p_k, p_range) over the K averaged surprises; 0 until the
+stream has learned `settle` readings. Only readings the caller lets `learn` (past warm-up)
+move the distributions; every observed value updates the profile and the range.
+
+>>> params = LikelihoodParams(settle=2, day_bins=0)
+>>> state = initial_state(1, 1, params)
+>>> one = dict(observed=np.array([[True]]), ts=np.array([0.0]), scorable=np.array([True]),
+...            learn=np.array([True]), params=params)
+>>> for s in (1.0, 0.5, 1.5, 1.0):
+...     state = step(np.array([s]), np.array([[0.0]]), state=state, **one).state
+>>> bool(step(np.array([60.0]), np.array([[0.0]]), state=state, **one).score[0] > 0.999)
+True
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.normalization import std_of
+
+# Coefficients of the Chebyshev fit of ln erfc(x) (Numerical Recipes `erfcc`): relative error
+# below 1.2e-7 everywhere, and no underflow far in the tail, where a Gaussian score lives.
+_ERFC = (
+    -1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806,
+    0.27886807, -1.13520398, 1.48851587, -0.82215223, 0.17087277,
+)
+_LN_HALF = math.log(0.5)
+
+
+_DAY_S = 86400.0
+_DAY_MIN_COUNT = 3  # values a time-of-day bin needs before it judges one
+# A surprise beyond this counts as this: past it every reading is equally damning, and an
+# unbounded one could overflow the float32 averages and poison a stream's state for good.
+MAX_SURPRISE = 1000.0
+
+
+@dataclass(frozen=True)
+class LikelihoodParams:
+    window: int = 15  # readings whose surprises are averaged
+    horizon: int = 2000  # readings the per-stream distribution of an average remembers
+    settle: int = 20  # learned readings before a stream scores
+    min_var: float = 1e-3  # floor of that distribution's variance
+    range_margin: float = 0.02  # fraction of the seen range a reading must exceed it by
+    range_tail: float = 1e-12  # tail probability of a reading beyond the range (1: off)
+    day_bins: int = 24  # bins of the time-of-day profile (0: no profile)
+    day_alpha: float = 0.05  # weight of a new value in its bin, once the bin has 1 / alpha
+
+    @property
+    def signals(self) -> int:
+        """Surprises averaged and judged per reading: the forecast's, and the profile's."""
+        return 2 if self.day_bins else 1
+
+
+@dataclass(frozen=True)
+class LikelihoodState:
+    recent: np.ndarray  # (batch, signals, window) float32 the last surprises, newest last
+    filled: np.ndarray  # (batch,) int32 readings in `recent`, at most window
+    count: np.ndarray  # (batch,) int64 readings learned
+    mean: np.ndarray  # (batch, signals) float64 distribution of each average surprise
+    var: np.ndarray  # (batch, signals) float64
+    low: np.ndarray  # (batch, channels) float64 lowest value seen; +inf before any
+    high: np.ndarray  # (batch, channels) float64 highest value seen; -inf before any
+    day_mean: np.ndarray  # (batch, day_bins, channels) float32 the time-of-day profile
+    day_var: np.ndarray  # (batch, day_bins, channels) float32
+    day_count: np.ndarray  # (batch, day_bins, channels) int32 values seen in each bin
+
+
+@dataclass(frozen=True)
+class LikelihoodUpdate:
+    score: np.ndarray  # (batch,) in [0, 1]
+    state: LikelihoodState
+
+
+def fields(
+    params: LikelihoodParams, channels: int
+) -> dict[str, tuple[tuple[int, ...], type, float]]:
+    """Per-stream arrays, named as in `LikelihoodState`.
+
+    As `service.state.ArenaLayout.fields` lists its own: name -> (trailing shape, dtype,
+    value of a fresh stream).
+    """
+    inf, k, day = float("inf"), params.signals, (params.day_bins, channels)
+    return {
+        "recent": ((k, params.window), np.float32, 0.0),
+        "filled": ((), np.int32, 0),
+        "count": ((), np.int64, 0),
+        "mean": ((k,), np.float64, 0.0),
+        "var": ((k,), np.float64, 0.0),
+        "low": ((channels,), np.float64, inf),
+        "high": ((channels,), np.float64, -inf),
+        "day_mean": (day, np.float32, 0.0),
+        "day_var": (day, np.float32, 0.0),
+        "day_count": (day, np.int32, 0),
+    }
+
+
+def initial_state(batch: int, channels: int, params: LikelihoodParams) -> LikelihoodState:
+    """The state of `batch` fresh streams."""
+    arrays: dict[str, np.ndarray] = {
+        name: np.full((batch, *shape), fill, dtype)
+        for name, (shape, dtype, fill) in fields(params, channels).items()
+    }
+    return LikelihoodState(**arrays)
+
+
+def gaussian_log_sf(y: np.ndarray) -> np.ndarray:
+    """ln P(N(0, 1) >= y), accurate to ~1e-7 relative, finite for any finite y."""
+    x = np.minimum(np.abs(y), 1e100) * math.sqrt(0.5)  # ln P is -5e199 there: as good as -inf
+    t = 1.0 / (1.0 + 0.5 * x)
+    poly = np.zeros_like(t)
+    for c in reversed(_ERFC):
+        poly = c + t * poly
+    log_erfc = np.log(t) - x * x + poly  # ln erfc(|y| / sqrt 2)
+    return np.where(y >= 0.0, _LN_HALF + log_erfc, np.log1p(-0.5 * np.exp(log_erfc)))
+
+
+def step(
+    s: np.ndarray,
+    x: np.ndarray,
+    observed: np.ndarray,
+    ts: np.ndarray,
+    state: LikelihoodState,
+    scorable: np.ndarray,
+    learn: np.ndarray,
+    params: LikelihoodParams,
+) -> LikelihoodUpdate:
+    """Score one reading per stream and fold it into that stream's state.
+
+    s: (batch,) the forecast's surprises; x, observed: (batch, channels) the readings;
+    ts: (batch,) their epoch seconds. Rows not `scorable` (no forecast, nothing observed)
+    score 0 and keep their averages and distributions; an observed value still enters the
+    profile and the range. Only `scorable & learn` rows move the distributions.
+    """
+    batch = np.arange(len(s))
+    day_bin = (np.floor(ts / _DAY_S * params.day_bins) % max(params.day_bins, 1)).astype(np.intp)
+    surprises = [s]
+    if params.day_bins:
+        surprises.append(_profile_surprise(x, observed, state, batch, day_bin))
+    now = np.minimum(np.stack(surprises, axis=1), MAX_SURPRISE).astype(np.float32)
+    recent = np.concatenate([state.recent[:, :, 1:], now[:, :, None]], axis=2)  # (b, k, w)
+    filled = np.minimum(state.filled + 1, params.window)
+    average = recent.sum(axis=2, dtype=np.float64) / filled[:, None]  # (batch, signals)
+    sd = np.sqrt(np.maximum(state.var, params.min_var))
+    log_p = gaussian_log_sf((average - state.mean) / sd).min(axis=1)
+    log_p = np.minimum(0.0, log_p + math.log(params.signals))
+
+    with np.errstate(invalid="ignore"):  # inf - inf before a stream's first value
+        span = state.high - state.low  # (batch, channels)
+        margin = params.range_margin * span
+        outside = (x > state.high + margin) | (x < state.low - margin)
+        beyond = observed & np.isfinite(span) & outside
+    log_p = np.where(beyond.any(axis=1), np.minimum(log_p, math.log(params.range_tail)), log_p)
+    settled = scorable & (state.count >= params.settle)
+    score = np.where(settled, 0.0 - np.expm1(log_p), 0.0)
+
+    learning = scorable & learn
+    count, mean, var = _learn(average, state, params)
+    seen = np.where(observed, x, np.nan)
+    return LikelihoodUpdate(
+        score=score,
+        state=LikelihoodState(
+            recent=np.where(scorable[:, None, None], recent, state.recent),
+            filled=np.where(scorable, filled, state.filled).astype(np.int32),
+            count=np.where(learning, count, state.count),
+            mean=np.where(learning[:, None], mean, state.mean),
+            var=np.where(learning[:, None], var, state.var),
+            low=np.fmin(state.low, seen),  # fmin/fmax: a missing value leaves the range
+            high=np.fmax(state.high, seen),
+            **_learn_profile(x, observed, state, batch, day_bin, params),
+        ),
+    )
+
+
+def _profile_surprise(
+    x: np.ndarray,
+    observed: np.ndarray,
+    state: LikelihoodState,
+    batch: np.ndarray,
+    day_bin: np.ndarray,
+) -> np.ndarray:
+    """-ln of the two-sided tail of each reading in its time-of-day bin, Bonferroni over
+    the channels that bin can judge; 0 where it can judge none."""
+    mean = state.day_mean[batch, day_bin].astype(np.float64)  # (batch, channels)
+    std = std_of(mean, state.day_var[batch, day_bin].astype(np.float64))
+    judged = observed & (state.day_count[batch, day_bin] >= _DAY_MIN_COUNT)
+    z = np.where(judged, np.abs(x - mean) / std, 0.0)
+    log_p = np.where(judged, math.log(2.0) + gaussian_log_sf(z), 0.0)
+    n_judged = np.maximum(judged.sum(axis=1), 1)
+    return np.maximum(0.0, -log_p.min(axis=1) - np.log(n_judged))
+
+
+def _learn_profile(
+    x: np.ndarray,
+    observed: np.ndarray,
+    state: LikelihoodState,
+    batch: np.ndarray,
+    day_bin: np.ndarray,
+    params: LikelihoodParams,
+) -> dict[str, np.ndarray]:
+    """The profile with each observed value folded into its bin: exact, then forgetting."""
+    if not params.day_bins:
+        return {"day_mean": state.day_mean, "day_var": state.day_var,
+                "day_count": state.day_count}
+    mean = state.day_mean[batch, day_bin].astype(np.float64)  # (batch, channels)
+    var = state.day_var[batch, day_bin].astype(np.float64)
+    count = state.day_count[batch, day_bin]
+    exact = count * params.day_alpha < 1.0
+    n = count + 1
+    weight = np.where(exact, 1.0 / n, params.day_alpha)
+    delta = np.where(observed, x, mean) - mean
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused below
+        new_mean = (mean + weight * delta).astype(np.float32)
+        new_var = np.where(
+            exact,
+            var + (delta * (delta - weight * delta) - var) / n,
+            (1.0 - weight) * (var + weight * delta * delta),
+        ).astype(np.float32)
+    # A value so far out that its bin would overflow float32 is judged, but not learned.
+    learned = observed & np.isfinite(new_mean) & np.isfinite(new_var)
+    profile = {
+        "day_mean": state.day_mean.copy(),
+        "day_var": state.day_var.copy(),
+        "day_count": state.day_count.copy(),
+    }
+    profile["day_mean"][batch, day_bin] = np.where(learned, new_mean, mean)
+    profile["day_var"][batch, day_bin] = np.where(learned, new_var, var)
+    profile["day_count"][batch, day_bin] = np.where(learned, n, count)
+    return profile
+
+
+def _learn(
+    average: np.ndarray, state: LikelihoodState, params: LikelihoodParams
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fold each row's averages (batch, signals) into its (count, mean, var): exact, then
+    forgetting."""
+    exact = (state.count < params.horizon)[:, None]
+    n = state.count + 1
+    weight = np.where(exact, 1.0 / n[:, None], 1.0 / params.horizon)
+    delta = average - state.mean
+    mean = state.mean + weight * delta
+    var = np.where(
+        exact,
+        state.var + (delta * (average - mean) - state.var) / n[:, None],
+        (1.0 - weight) * (state.var + weight * delta * delta),
+    )
+    return n, mean, var

@@ -1,0 +1,208 @@
+"""The anomaly likelihood: the Gaussian tail, per-stream learning, the range rule, the
+time-of-day profile, batching."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+
+from service import likelihood
+from service.likelihood import LikelihoodParams, LikelihoodState, gaussian_log_sf, step
+
+# Without the time-of-day profile unless a test is about it.
+PARAMS = LikelihoodParams(
+    window=4, horizon=50, settle=10, range_margin=0.1, range_tail=1e-12, day_bins=0
+)
+WITH_PROFILE = dataclasses.replace(PARAMS, day_bins=24, day_alpha=0.1)
+EVERY_S = 300.0  # five-minute readings: 288 a day
+
+
+def _run(
+    surprises: list[float],
+    values: list[float] | None = None,
+    params: LikelihoodParams = PARAMS,
+    learn: bool = True,
+) -> tuple[np.ndarray, LikelihoodState]:
+    """One stream fed `surprises` (and `values`, default 0) every EVERY_S seconds: its scores
+    and final state."""
+    values = values if values is not None else [0.0] * len(surprises)
+    state = likelihood.initial_state(1, 1, params)
+    scores = []
+    for i, (s, v) in enumerate(zip(surprises, values, strict=True)):
+        update = step(
+            np.array([s]), np.array([[v]]), np.array([[True]]), np.array([i * EVERY_S]), state,
+            np.array([True]), np.array([learn]), params,
+        )
+        scores.append(float(update.score[0]))
+        state = update.state
+    return np.array(scores), state
+
+
+def _calm(n: int, seed: int = 0) -> list[float]:
+    """Surprises of a stream whose forecasts are right: Exp(1)."""
+    return np.random.default_rng(seed).exponential(1.0, n).tolist()
+
+
+@pytest.mark.parametrize("y", [-6.0, -2.0, -0.5, 0.0, 0.3, 1.0, 2.5, 5.0, 8.0, 20.0])
+def test_gaussian_log_sf_matches_erfc_to_a_millionth_relative(y: float) -> None:
+    expected = math.log(0.5 * math.erfc(y / math.sqrt(2.0)))
+    assert gaussian_log_sf(np.array([y]))[0] == pytest.approx(expected, rel=1e-6, abs=1e-9)
+
+
+def test_gaussian_log_sf_stays_finite_far_beyond_where_erfc_underflows() -> None:
+    log_p = gaussian_log_sf(np.array([40.0, 1e3]))
+    assert np.all(np.isfinite(log_p))
+    assert log_p[1] < log_p[0] < math.log(1e-300)
+
+
+def test_a_stream_scores_zero_until_it_has_learned_settle_readings() -> None:
+    scores, state = _run([50.0] * PARAMS.settle + [50.0])
+    assert np.all(scores[: PARAMS.settle] == 0.0)
+    assert int(state.count[0]) == PARAMS.settle + 1
+
+
+def test_a_run_of_large_surprises_after_a_calm_history_scores_near_one() -> None:
+    scores, _ = _run(_calm(200) + [12.0] * 4)
+    assert scores[-1] > 1.0 - 1e-6
+    assert np.quantile(scores[PARAMS.settle : 200], 0.9) < 0.999
+
+
+def test_a_stream_that_often_misses_is_not_alarmed_by_one_more_miss() -> None:
+    rng = np.random.default_rng(1)
+    noisy = np.where(rng.random(300) < 0.3, 12.0, rng.exponential(1.0, 300)).tolist()
+    calm_scores, _ = _run(_calm(300) + [12.0, 12.0])
+    noisy_scores, _ = _run(noisy + [12.0, 12.0])
+    assert noisy_scores[-1] < 0.999 < calm_scores[-1]
+
+
+def test_a_reading_beyond_the_seen_range_by_more_than_the_margin_scores_its_range_tail() -> None:
+    values = np.sin(np.arange(100.0)).tolist()  # range [-1, 1]: a margin of 0.2
+    beyond, _ = _run([1.0] * 101, values + [1.25])
+    inside, _ = _run([1.0] * 101, values + [1.15])
+    assert beyond[-1] == pytest.approx(1.0 - PARAMS.range_tail, abs=1e-15)
+    assert inside[-1] < 0.99
+
+
+def test_the_range_widens_so_the_same_new_level_does_not_score_twice() -> None:
+    values = np.sin(np.arange(100.0)).tolist() + [3.0, 3.0]
+    scores, state = _run([1.0] * 102, values)
+    assert scores[-2] > 0.999 > scores[-1]
+    assert float(state.high[0, 0]) == 3.0
+
+
+def test_readings_not_learned_leave_the_distribution_but_fill_the_average() -> None:
+    _, before = _run(_calm(30))
+    update = step(
+        np.array([9.0]), np.array([[0.0]]), np.array([[True]]), np.array([1e6]), before,
+        np.array([True]), np.array([False]), PARAMS,
+    )
+    after = update.state
+    assert after.count == before.count
+    np.testing.assert_array_equal(after.mean, before.mean)
+    np.testing.assert_array_equal(after.var, before.var)
+    assert after.recent[0, 0, -1] == 9.0
+
+
+def test_a_row_not_scorable_scores_zero_and_a_missing_value_leaves_the_whole_state() -> None:
+    _, before = _run(_calm(30), np.linspace(0.0, 1.0, 30).tolist(), WITH_PROFILE)
+    update = step(
+        np.array([0.0]), np.array([[np.nan]]), np.array([[False]]), np.array([1e6]), before,
+        np.array([False]), np.array([True]), WITH_PROFILE,
+    )
+    assert update.score[0] == 0.0
+    for field in dataclasses.fields(LikelihoodState):
+        after = getattr(update.state, field.name)
+        np.testing.assert_array_equal(after, getattr(before, field.name))
+
+
+def test_the_distribution_forgets_so_a_lasting_change_stops_scoring() -> None:
+    params = dataclasses.replace(PARAMS, horizon=30, window=2)
+    rng = np.random.default_rng(2)
+    scores, _ = _run(_calm(100) + (4.0 + rng.exponential(1.0, 300)).tolist(), params=params)
+    assert scores[100:104].max() > 0.999
+    assert np.median(scores[-100:]) < 0.9
+
+
+def test_a_batch_steps_each_stream_as_if_it_were_alone() -> None:
+    rng = np.random.default_rng(3)
+    n, length = 5, 400
+    s = rng.exponential(1.0, (n, length)) * rng.choice([1.0, 4.0], (n, 1))
+    x = rng.normal(0.0, 1.0, (n, length)).cumsum(axis=1)
+    ts = np.arange(length) * 1800.0 + rng.uniform(0.0, 86400.0, (n, 1))  # (streams, time)
+    learn = rng.random((n, length)) < 0.9
+    state = likelihood.initial_state(n, 1, WITH_PROFILE)
+    batch_scores = np.zeros((n, length))
+    for t in range(length):
+        update = step(
+            s[:, t], x[:, t : t + 1], np.ones((n, 1), bool), ts[:, t], state,
+            np.ones(n, bool), learn[:, t], WITH_PROFILE,
+        )
+        batch_scores[:, t], state = update.score, update.state
+    assert np.count_nonzero(batch_scores > 0.5) > 0  # the comparison below is not all zeros
+    for i in range(n):
+        alone = likelihood.initial_state(1, 1, WITH_PROFILE)
+        for t in range(length):
+            update = step(
+                s[i, t : t + 1], x[i : i + 1, t : t + 1], np.ones((1, 1), bool),
+                ts[i, t : t + 1], alone, np.ones(1, bool), learn[i, t : t + 1], WITH_PROFILE,
+            )
+            assert update.score[0] == batch_scores[i, t]
+            alone = update.state
+
+
+@pytest.mark.parametrize("params", [PARAMS, WITH_PROFILE])
+def test_fields_describe_every_array_of_the_state_with_its_shape_and_dtype(
+    params: LikelihoodParams,
+) -> None:
+    state = likelihood.initial_state(3, 2, params)
+    layout = likelihood.fields(params, 2)
+    assert set(layout) == {f.name for f in dataclasses.fields(LikelihoodState)}
+    for name, (shape, dtype, _) in layout.items():
+        array = getattr(state, name)
+        assert array.shape == (3, *shape)
+        assert array.dtype == np.dtype(dtype)
+
+
+def _daily(days: int, shape: np.ndarray, seed: int = 4) -> np.ndarray:
+    """`days` of five-minute values following `shape` (288,), with a little noise."""
+    noise = np.random.default_rng(seed).normal(0.0, 0.05, days * 288)
+    return np.tile(shape, days) + noise
+
+
+def test_a_day_that_loses_its_daily_shape_alerts_with_the_profile_and_not_without() -> None:
+    # The forecast is right all along (calm surprises): only the time of day tells.
+    shape = np.sin(np.arange(288) * 2 * np.pi / 288)
+    values = np.concatenate([_daily(10, shape), np.full(288, 0.0)]).tolist()
+    surprises = _calm(len(values))
+    remembering = {"horizon": 2000}  # longer than a day, so the flat day stays unusual
+    with_profile, _ = _run(surprises, values, dataclasses.replace(WITH_PROFILE, **remembering))
+    without, _ = _run(surprises, values, dataclasses.replace(PARAMS, **remembering))
+    alerting = 1.0 - 1e-5
+    assert np.count_nonzero(with_profile[288 * 10 :] >= alerting) > 24
+    assert np.count_nonzero(with_profile[288 * 4 : 288 * 10] >= alerting) == 0  # normal days
+    assert np.count_nonzero(without[288 * 10 :] >= alerting) == 0
+
+
+def test_the_profile_holds_each_bins_mean_and_forgets_old_days() -> None:
+    params = dataclasses.replace(WITH_PROFILE, day_alpha=0.05)
+    hourly = np.repeat(np.arange(24.0), 12)  # the value is the hour of the day
+    values = np.concatenate([_daily(5, hourly), _daily(60, hourly + 100.0)]).tolist()
+    _, state = _run(_calm(len(values)), values, params)
+    np.testing.assert_allclose(state.day_mean[0, :, 0], np.arange(24.0) + 100.0, atol=0.05)
+    assert np.all(state.day_count[0, :, 0] == 65 * 12)
+    assert np.all(np.sqrt(state.day_var[0, :, 0]) < 0.2)
+
+
+def test_an_enormous_value_scores_near_one_and_leaves_every_state_array_finite() -> None:
+    # 1e30 is finite, so the server takes it; squared it overflows a float32 profile bin.
+    values = np.sin(np.arange(400.0)).tolist() + [1e30, 0.5]
+    scores, state = _run([1.0] * 400 + [1e12, 1.0], values, WITH_PROFILE)
+    assert scores[400] > 1.0 - 1e-9
+    for field in dataclasses.fields(LikelihoodState):
+        array = getattr(state, field.name)
+        if field.name not in ("low", "high"):
+            assert np.all(np.isfinite(array)), field.name
+    assert state.high[0, 0] == 1e30  # the range did learn it
