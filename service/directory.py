@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from service import scoring
+from service import likelihood
 from service.alerts import Alert
 from service.errors import CapacityError, InvalidReadingError, ModelMismatchError, StreamwatchError
 from service.model import ModelCard
@@ -28,8 +28,11 @@ def arena_layout(card: ModelCard, settings: Settings) -> ArenaLayout:
         num_layers=card.num_layers,
         hidden_size=card.hidden_size,
         channels=card.n_channels,
-        window=max(settings.scoring.windows),
-        tail_bins=scoring.TAIL_BINS,
+        scores=tuple(
+            (name, *spec) for name, spec in likelihood.fields(
+                likelihood.LikelihoodParams.of(settings.scoring), card.n_channels
+            ).items()
+        ),
     )
 
 

@@ -33,12 +33,14 @@ True
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from service.normalization import std_of
+from service.settings import ScoringSettings
 
 # Coefficients of the Chebyshev fit of ln erfc(x) (Numerical Recipes `erfcc`): relative error
 # below 1.2e-7 everywhere, and no underflow far in the tail, where a Gaussian score lives.
@@ -51,6 +53,9 @@ _LN_HALF = math.log(0.5)
 
 _DAY_S = 86400.0
 _DAY_MIN_COUNT = 3  # values a time-of-day bin needs before it judges one
+# A bin counts its values in one byte (a stream keeps 24 of them per channel): the count only
+# matters until the bin forgets, at 1 / day_alpha values, so day_alpha is at least 1 / 255.
+DAY_COUNT_MAX = 255
 # A surprise beyond this counts as this: past it every reading is equally damning, and an
 # unbounded one could overflow the float32 averages and poison a stream's state for good.
 MAX_SURPRISE = 1000.0
@@ -66,6 +71,16 @@ class LikelihoodParams:
     range_tail: float = 1e-12  # tail probability of a reading beyond the range (1: off)
     day_bins: int = 24  # bins of the time-of-day profile (0: no profile)
     day_alpha: float = 0.05  # weight of a new value in its bin, once the bin has 1 / alpha
+
+    def __post_init__(self) -> None:
+        if self.day_bins and self.day_alpha * DAY_COUNT_MAX < 1.0:
+            raise ValueError(f"day_alpha must be at least 1/{DAY_COUNT_MAX}")
+
+    @classmethod
+    def of(cls, settings: ScoringSettings) -> LikelihoodParams:
+        """The parameters the scoring settings name."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**settings.model_dump(include=names))
 
     @property
     def signals(self) -> int:
@@ -84,7 +99,7 @@ class LikelihoodState:
     high: np.ndarray  # (batch, channels) float64 highest value seen; -inf before any
     day_mean: np.ndarray  # (batch, day_bins, channels) float32 the time-of-day profile
     day_var: np.ndarray  # (batch, day_bins, channels) float32
-    day_count: np.ndarray  # (batch, day_bins, channels) int32 values seen in each bin
+    day_count: np.ndarray  # (batch, day_bins, channels) uint8 values seen in each bin, capped
 
 
 @dataclass(frozen=True)
@@ -112,7 +127,7 @@ def fields(
         "high": ((channels,), np.float64, -inf),
         "day_mean": (day, np.float32, 0.0),
         "day_var": (day, np.float32, 0.0),
-        "day_count": (day, np.int32, 0),
+        "day_count": (day, np.uint8, 0),
     }
 
 
@@ -225,7 +240,7 @@ def _learn_profile(
                 "day_count": state.day_count}
     mean = state.day_mean[batch, day_bin].astype(np.float64)  # (batch, channels)
     var = state.day_var[batch, day_bin].astype(np.float64)
-    count = state.day_count[batch, day_bin]
+    count = state.day_count[batch, day_bin].astype(np.int64)
     exact = count * params.day_alpha < 1.0
     n = count + 1
     weight = np.where(exact, 1.0 / n, params.day_alpha)
@@ -246,7 +261,7 @@ def _learn_profile(
     }
     profile["day_mean"][batch, day_bin] = np.where(learned, new_mean, mean)
     profile["day_var"][batch, day_bin] = np.where(learned, new_var, var)
-    profile["day_count"][batch, day_bin] = np.where(learned, n, count)
+    profile["day_count"][batch, day_bin] = np.where(learned, np.minimum(n, DAY_COUNT_MAX), count)
     return profile
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import (
@@ -68,17 +68,21 @@ class NormalizationSettings(_Group):
 
 
 class ScoringSettings(_Group):
-    windows: list[Annotated[int, Field(ge=2, le=512)]] = Field(
-        default_factory=lambda: [6, 24],
-        min_length=1,
-        max_length=8,
-        description="Readings whose surprise is pooled: one test per window, besides the reading.",
+    window: int = Field(15, ge=1, le=512, description="Readings whose surprise is averaged.")
+    horizon: int = Field(
+        2000, ge=2, description="Readings a stream's distribution of that average remembers."
     )
-    tail_decay: float = Field(
-        0.001, gt=0.0, lt=1.0, description="How fast a stream forgets its own past surprises."
+    settle: int = Field(20, ge=0, description="Readings learned after warm-up before scoring.")
+    min_var: float = Field(1e-3, gt=0.0, description="Floor of that distribution's variance.")
+    range_margin: float = Field(
+        0.02, ge=0.0, description="A value beyond the seen range by this share of it ..."
     )
-    tail_prior: float = Field(
-        100.0, ge=0.0, description="Weight of the model's calibrated tail, in readings."
+    range_tail: float = Field(
+        1e-12, gt=0.0, le=1.0, description="... has this tail probability (1: off)."
+    )
+    day_bins: int = Field(24, ge=0, le=1440, description="Time-of-day profile bins; 0: off.")
+    day_alpha: float = Field(
+        0.05, ge=1 / 255, lt=1.0, description="Weight of a new day in a bin."
     )
     thresholds: dict[str, float] = Field(
         default_factory=dict, description="Per-model threshold, overriding the card's."
@@ -99,7 +103,7 @@ class AlertSettings(_Group):
 
 
 class TimeSettings(_Group):
-    gap_factor: float = Field(10.0, gt=1.0, description="A gap is this many typical intervals.")
+    gap_factor: float = Field(100.0, gt=1.0, description="A gap is this many typical intervals.")
     gap_policy: Literal["rewarm", "ignore"] = Field(
         "rewarm", description="rewarm: reset the stream's state and warm up again."
     )

@@ -5,7 +5,7 @@ a batch's gather is one `take` and its scatter one `put`, and a batch of reading
 touches a per-stream Python object. `stream_id -> slot` is one dict.
 
 >>> arena = StateArena(ArenaLayout(state_names=("h",), num_layers=1, hidden_size=4,
-...                                channels=1, window=3), capacity=2, max_streams=10)
+...                                channels=1), capacity=2, max_streams=10)
 >>> slot = arena.bind("pump-1", threshold=0.999)
 >>> arena.gather_state(np.array([slot]))[0].shape
 (1, 1, 4)
@@ -35,8 +35,9 @@ class ArenaLayout:
     num_layers: int
     hidden_size: int
     channels: int
-    window: int  # readings of relative surprise kept (the longest scoring window)
-    tail_bins: int = 0  # bins of the surprise histogram (service.scoring.TAIL_BINS)
+    # The scorer's per-stream arrays (`service.likelihood.fields`), kept as `score_<name>`:
+    # name -> (trailing shape, dtype, value of a fresh slot).
+    scores: tuple[tuple[str, tuple[int, ...], type, float], ...] = ()
 
     def fields(self) -> dict[str, tuple[tuple[int, ...], type, float]]:
         """Per-slot arrays: name -> (trailing shape, dtype, value of a fresh slot)."""
@@ -52,8 +53,7 @@ class ArenaLayout:
             "next_scale": (f, np.float64, nan),
             "last_loc": (f, np.float64, nan),  # forecast the last reading was judged by
             "last_scale": (f, np.float64, nan),
-            "history": ((self.window,), np.float32, 1.0),  # recent relative surprises
-            "tail": ((self.tail_bins,), np.float32, 0.0),  # histogram of past surprises
+            **{f"score_{name}": (shape, dtype, fill) for name, shape, dtype, fill in self.scores},
             "open_hits": ((), np.uint32, 0),
             "hold_hits": ((), np.uint32, 0),
             "is_open": ((), np.bool_, False),

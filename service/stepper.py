@@ -18,7 +18,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from service import normalization, scoring
+from service import likelihood, normalization, scoring
 from service.alerts import Alert, iso, update_peak
 from service.errors import InvalidReadingError, OutOfOrderError
 from service.model import Forecaster
@@ -75,11 +75,8 @@ class Stepper:
         self.arena = arena
         self._per_stream = model.card.normalization.per_stream
         self._norm = normalization.NormalizerParams(**settings.normalization.model_dump())
-        self._scoring = scoring.ScoringParams(
-            windows=tuple(settings.scoring.windows),
-            tail_decay=settings.scoring.tail_decay,
-            tail_prior=settings.scoring.tail_prior,
-        )
+        self._likelihood = likelihood.LikelihoodParams.of(settings.scoring)
+        self._score_fields = [name for name, *_ in arena.layout.scores]
         self._alerting = scoring.AlertParams(
             **settings.alerts.model_dump(include={"k", "m", "close_factor", "cooldown"})
         )
@@ -258,8 +255,8 @@ class Stepper:
         s = scoring.surprise(z, observed & scorable[:, None], self.model.card.calibration)
         warming = count <= self._norm.warmup_n
         may_alert = scorable & ~warming
-        scored = scoring.score(
-            s, rec["history"], rec["tail"], scorable, self._scoring, learn=may_alert
+        scored = likelihood.step(
+            s, x, observed, ts, self._score_state(rec), scorable, may_alert, self._likelihood
         )
         threshold = rec["threshold"]
         rule = scoring.update_alerts(
@@ -280,7 +277,8 @@ class Stepper:
         rec["count"], rec["mean"], rec["var"] = count, mean, var
         rec["last_loc"], rec["last_scale"] = loc, scale
         rec["next_loc"], rec["next_scale"] = next_loc, next_scale
-        rec["history"], rec["tail"] = scored.history, scored.tail
+        for name in self._score_fields:
+            rec[f"score_{name}"] = getattr(scored.state, name)
         rec["open_hits"], rec["hold_hits"] = rule.open_hits, rule.hold_hits
         rec["is_open"], rec["cooldown"] = rule.is_open, rule.cooldown
         rec["interval"] = interval
@@ -309,6 +307,11 @@ class Stepper:
             ):
                 outcomes[i] = result
         return events
+
+    def _score_state(self, rec: np.ndarray) -> likelihood.LikelihoodState:
+        return likelihood.LikelihoodState(
+            **{name: rec[f"score_{name}"] for name in self._score_fields}
+        )
 
     def _gaps(self, rec: np.ndarray, ts: np.ndarray) -> np.ndarray:
         dt = ts - rec["last_ts"]

@@ -209,14 +209,15 @@ async def test_an_injected_spike_opens_exactly_one_alert_that_closes_again(setti
     assert results[int(closed.closed_at)].alert.event == "closed"
 
 
-async def test_readings_in_warm_up_are_scored_but_never_alert(settings) -> None:
+async def test_readings_in_warm_up_get_forecasts_but_no_score_and_never_alert(settings) -> None:
     values = sine(60)
     values[40] += 100.0
     events: list = []
     async with running_engine(settings, events) as engine:
         results = await engine.submit(_readings("pump", values))
     assert all(r.warming_up for r in results)
-    assert results[40].score > 0.99 and not results[40].anomaly
+    assert results[40].forecast_loc is not None
+    assert results[40].score == 0.0 and not results[40].anomaly
     assert events == []
 
 

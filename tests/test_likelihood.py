@@ -192,7 +192,7 @@ def test_the_profile_holds_each_bins_mean_and_forgets_old_days() -> None:
     values = np.concatenate([_daily(5, hourly), _daily(60, hourly + 100.0)]).tolist()
     _, state = _run(_calm(len(values)), values, params)
     np.testing.assert_allclose(state.day_mean[0, :, 0], np.arange(24.0) + 100.0, atol=0.05)
-    assert np.all(state.day_count[0, :, 0] == 65 * 12)
+    assert np.all(state.day_count[0, :, 0] == likelihood.DAY_COUNT_MAX)  # 65 * 12 seen
     assert np.all(np.sqrt(state.day_var[0, :, 0]) < 0.2)
 
 

@@ -17,7 +17,7 @@ from service.results import (
 )
 from service.state import ArenaLayout
 
-LAYOUT = ArenaLayout(state_names=("h",), num_layers=1, hidden_size=2, channels=2, window=3)
+LAYOUT = ArenaLayout(state_names=("h",), num_layers=1, hidden_size=2, channels=2)
 
 
 def test_results_carry_each_records_fields_and_only_scored_readings_a_forecast() -> None:

@@ -8,7 +8,7 @@ import pytest
 from service.errors import CapacityError
 from service.state import ArenaLayout, StateArena
 
-LAYOUT = ArenaLayout(state_names=("h", "c"), num_layers=2, hidden_size=3, channels=1, window=4)
+LAYOUT = ArenaLayout(state_names=("h", "c"), num_layers=2, hidden_size=3, channels=1)
 
 
 def test_growth_by_doubling_keeps_every_stream_state() -> None:
@@ -56,11 +56,11 @@ def test_take_and_put_move_whole_records_and_mark_them_seen() -> None:
     slots = np.array([arena.bind(f"s{i}", 0.9) for i in range(3)])
     records = arena.take(slots[[2, 0]])
     records["count"] = [5, 7]
-    records["history"][0] = [1.0, 2.0, 3.0, 4.0]
+    records["state_h"][0] = np.arange(6.0).reshape(2, 3)
     arena.put(slots[[2, 0]], records, seen_at=123.0)
     again = arena.take(slots)
     assert again["count"].tolist() == [7, 0, 5]
-    assert again["history"][2].tolist() == [1.0, 2.0, 3.0, 4.0]
+    assert again["state_h"][2].tolist() == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
     assert arena.arrays["last_seen"][slots].tolist() == [123.0, 0.0, 123.0]
     with pytest.raises(ValueError, match="record"):
         arena.put(slots[:1], np.zeros(1, [("count", np.int64)]), seen_at=0.0)

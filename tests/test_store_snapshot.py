@@ -175,7 +175,7 @@ async def test_a_snapshot_made_for_another_onnx_file_is_set_aside_not_loaded(
 async def test_a_snapshot_of_another_per_stream_layout_is_set_aside(tmp_path: Path) -> None:
     path = tmp_path / "state.snapshot"
     await _take_snapshot(make_settings(tmp_path), path, spiky_series(n_streams=2), 50)
-    wider = make_settings(tmp_path, scoring={"windows": [6, 24, 200]})
+    wider = make_settings(tmp_path, scoring={"window": 40})
     registry = ModelRegistry.load(wider.model)
     engine = Engine(registry, wider, lambda _: None)
     report = restore_snapshot(path, engine, registry)

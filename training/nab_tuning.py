@@ -255,30 +255,6 @@ def _where(
     return likelihood.LikelihoodState(**merged)
 
 
-def relative_surprise_scores(
-    arrays: ReplayArrays, calibration: Calibration, params: scoring.ScoringParams, rewarm: bool
-) -> np.ndarray:
-    """The scores (files, time) of today's server scoring (`service.scoring.score`)."""
-    n_files, length = arrays.z.shape
-    history = np.ones((n_files, params.history), np.float32)
-    tail = np.zeros((n_files, scoring.TAIL_BINS), np.float32)
-    scores = np.zeros((n_files, length))  # (files, time)
-    for t in range(length):
-        applied = arrays.applied[:, t]
-        if rewarm:
-            history[arrays.gap[:, t]], tail[arrays.gap[:, t]] = 1.0, 0.0
-        z = arrays.z[:, t : t + 1]
-        observed = applied[:, None] & ~np.isnan(z)
-        s = scoring.surprise(np.where(observed, z, 0.0), observed, calibration)
-        update = scoring.score(
-            s, history, tail, observed[:, 0], params, learn=arrays.may_alert[:, t]
-        )
-        history = np.where(applied[:, None], update.history, history)
-        tail = np.where(applied[:, None], update.tail, tail)
-        scores[:, t] = np.where(applied, update.score, 0.0)
-    return scores
-
-
 # -- the candidates ------------------------------------------------------------------------
 
 
@@ -287,7 +263,7 @@ class Candidate:
     """One post-processing: engine gap handling, scoring, alert rule, configured threshold."""
 
     name: str
-    likelihood: likelihood.LikelihoodParams | None  # None: today's `service.scoring.score`
+    likelihood: likelihood.LikelihoodParams
     gap_policy: str = "rewarm"
     gap_factor: float = 10.0
     alerts: scoring.AlertParams = scoring.AlertParams()
@@ -297,13 +273,15 @@ class Candidate:
 # The likelihood alone, over 10 readings (the first recipe tried).
 _PLAIN = likelihood.LikelihoodParams(window=10, range_tail=1.0, day_bins=0)
 _RANGE = replace(_PLAIN, range_tail=likelihood.LikelihoodParams().range_tail)
+# What the server does with its default settings and the bundled card's threshold.
 RECOMMENDED = Candidate(
-    "likelihood + range + day profile, gap factor 100 (recommended)",
-    likelihood.LikelihoodParams(), gap_factor=100.0,
+    "likelihood + range + day profile, gap factor 100 (the server's defaults)",
+    likelihood.LikelihoodParams.of(Settings().scoring),
+    gap_policy=Settings().time.gap_policy,
+    gap_factor=Settings().time.gap_factor,
+    q_configured=None,
 )
 CANDIDATES = [
-    Candidate("today: relative surprise, card threshold", None, q_configured=None),
-    Candidate("today, gap policy ignore", None, gap_policy="ignore", q_configured=None),
     Candidate("likelihood of one reading's surprise", replace(_PLAIN, window=1)),
     Candidate("likelihood of the 10-reading average", _PLAIN),
     Candidate("... averaged over 15", replace(_PLAIN, window=15)),
@@ -340,8 +318,6 @@ def candidate_scores(
 ) -> np.ndarray:
     """A candidate's scores (files, time) over replayed arrays made with its gap settings."""
     rewarm = candidate.gap_policy == "rewarm"
-    if candidate.likelihood is None:
-        return relative_surprise_scores(arrays, calibration, scoring.ScoringParams(), rewarm)
     return likelihood_scores(arrays, calibration, candidate.likelihood, rewarm)
 
 

@@ -296,7 +296,7 @@ def _unfit(batch: StreamBatch, sha256: str, engine: Engine, registry: ModelRegis
         return f"made for ONNX sha256 {sha256[:12]}, the model's is {model.card.sha256[:12]}"
     arena = engine.steppers()[batch.model].arena
     if batch.records.dtype != arena.record_dtype:
-        return "the per-stream layout changed (model sizes or scoring.window)"
+        return "the per-stream layout changed (model sizes or scoring settings)"
     if len(batch.stream_ids) > arena.max_streams:
         return f"more than state.max_streams={arena.max_streams}"
     return None
