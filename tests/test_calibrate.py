@@ -87,18 +87,35 @@ def test_threshold_is_the_false_alarm_quantile_of_replayed_normal_scores(tmp_pat
     streams = _noise(n_streams=4, length=3000)
     normal = np.zeros((3000, 4), bool)
     normal[400:] = True  # readings after the warm-up count
-    threshold, how = calibrate_threshold(model_dir, streams, normal, false_alarm_rate=1e-3)
+    threshold, record = calibrate_threshold(model_dir, streams, normal, false_alarm_rate=1e-3)
     scores = score_series(ServedForecaster.load(model_dir), [s.values for s in streams])
     counted = np.concatenate([sc[400:] for sc in scores])
     assert 0.5 < threshold < 1.0
     assert threshold == threshold_for_false_alarm_rate(counted, 1e-3)
-    assert how.startswith("replay of 10400 held-out normal readings")
+    assert record["false_alarm_rate"] == 1e-3
+    assert record["how"].startswith("replay of 10400 held-out normal readings")
+
+
+@pytest.mark.slow
+def test_without_a_rate_the_threshold_is_the_default_and_its_normal_rate_is_measured(
+    tmp_path: Path,
+) -> None:
+    model_dir = _exported(tmp_path)
+    streams = _noise(n_streams=4, length=3000)
+    normal = np.zeros((3000, 4), bool)
+    normal[400:] = True
+    threshold, record = calibrate_threshold(model_dir, streams, normal)
+    scores = score_series(ServedForecaster.load(model_dir), [s.values for s in streams])
+    counted = np.concatenate([sc[400:] for sc in scores])
+    assert threshold == DEFAULT_THRESHOLD
+    assert record["normal_rate"] == np.mean(counted >= DEFAULT_THRESHOLD)
+    assert record["normal_rate"] < 1e-2  # Gaussian noise is what the scorer calls normal
 
 
 @pytest.mark.slow
 def test_too_few_normal_readings_keep_the_default_threshold(tmp_path: Path) -> None:
     model_dir = _exported(tmp_path)
     normal = np.ones((300, 2), bool)
-    threshold, how = calibrate_threshold(model_dir, _noise(2, 300), normal, 1e-4)
+    threshold, record = calibrate_threshold(model_dir, _noise(2, 300), normal, 1e-4)
     assert threshold == DEFAULT_THRESHOLD
-    assert "600 held-out normal readings, 10000 needed" in how
+    assert "600 held-out normal readings, 10000 needed" in record["how"]

@@ -2,8 +2,9 @@
 
 The table maps a standardized error |x - loc| / scale to its tail probability on held-out
 normal readings (`service.scoring.fit_calibration`, the server's own code). The threshold is
-measured by replaying the streams through the server's engine offline and reading the scores
-of held-out normal readings (`calibrate_threshold`).
+the scorer's default, or the one held-out normal readings reach at a chosen false-alarm rate;
+either way the streams are replayed through the server's engine offline and the scores of
+held-out normal readings are read (`calibrate_threshold`).
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ from training.dataset import Sequences
 from training.model import Forecaster
 from training.train import forecast
 
-# When there are too few held-out readings to measure: a score of 0.9999 is a one-in-10,000
-# reading under the scorer's own probability model, the default false-alarm rate.
-DEFAULT_THRESHOLD = 0.9999
-DEFAULT_FALSE_ALARM_RATE = 1e-4  # alerts per normal reading
+# The score is a likelihood relative to each stream's own history (`service.likelihood`), so
+# one threshold carries across models: 1 - 1e-5 is where all three NAB profiles peak
+# (`python -m training.nab_tuning`), as for Numenta's anomaly likelihood.
+DEFAULT_THRESHOLD = 0.99999
 REPLAY_READINGS = 100_000  # per engine run when measuring the threshold
 _TINY = 1e-6
 
@@ -49,30 +50,39 @@ def calibrate_threshold(
     model_dir: Path,
     streams: Sequence[Stream],
     normal: np.ndarray,
-    false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE,
-) -> tuple[float, str]:
-    """The score threshold that held-out normal readings reach at `false_alarm_rate`.
+    false_alarm_rate: float | None = None,
+) -> tuple[float, dict[str, Any]]:
+    """The card's score threshold, and the record of how it was chosen.
 
     The exported model in `model_dir` scores the raw `streams` through the server's engine,
     offline (`service.replay.score_series`), each from its first reading; `normal`
-    (time, streams) marks the readings whose scores count. Returns (threshold, how it was
-    obtained); `DEFAULT_THRESHOLD` when there are too few normal readings for the rate.
+    (time, streams) marks the readings whose scores count. Without a `false_alarm_rate` the
+    threshold is `DEFAULT_THRESHOLD` and the record says how often normal readings reach it;
+    with one, it is the score normal readings reach at that rate (`DEFAULT_THRESHOLD` when
+    there are too few of them to measure it).
     """
     scores = _replay(ServedForecaster.load(model_dir), streams)
     counted = np.concatenate([sc[normal[: len(sc), i]] for i, sc in enumerate(scores)])
-    needed = math.ceil(1.0 / false_alarm_rate)
-    if counted.size < needed:
-        return DEFAULT_THRESHOLD, (
-            f"default {DEFAULT_THRESHOLD}: {counted.size} held-out normal readings, "
-            f"{needed} needed to measure a rate of {false_alarm_rate:g}"
-        )
-    threshold = threshold_for_false_alarm_rate(counted, false_alarm_rate)
-    # The card (and the alert rule) need a threshold strictly inside (0, 1).
-    threshold = float(np.clip(threshold, _TINY, np.nextafter(1.0, 0.0)))
-    return threshold, (
+    replayed = (
         f"replay of {counted.size} held-out normal readings through the engine "
         f"(service.replay.score_series)"
     )
+    if false_alarm_rate is None:
+        reached = float(np.mean(counted >= DEFAULT_THRESHOLD)) if counted.size else None
+        return DEFAULT_THRESHOLD, {
+            "normal_rate": reached,
+            "how": f"the scorer's default; the rate normal readings reach it: {replayed}",
+        }
+    needed = math.ceil(1.0 / false_alarm_rate)
+    if counted.size < needed:
+        return DEFAULT_THRESHOLD, {"false_alarm_rate": false_alarm_rate, "how": (
+            f"default {DEFAULT_THRESHOLD}: {counted.size} held-out normal readings, "
+            f"{needed} needed to measure a rate of {false_alarm_rate:g}"
+        )}
+    threshold = threshold_for_false_alarm_rate(counted, false_alarm_rate)
+    # The card (and the alert rule) need a threshold strictly inside (0, 1).
+    threshold = float(np.clip(threshold, _TINY, np.nextafter(1.0, 0.0)))
+    return threshold, {"false_alarm_rate": false_alarm_rate, "how": replayed}
 
 
 def _replay(model: ServedForecaster, streams: Sequence[Stream]) -> list[np.ndarray]:

@@ -18,7 +18,6 @@ from typing import Any
 
 from service.model import sha256_of
 from service.series import DataError, Stream, load_streams
-from training.calibrate import DEFAULT_FALSE_ALARM_RATE
 from training.dataset import DatasetError
 from training.pipeline import build_model
 from training.synthetic import SyntheticConfig, generate
@@ -142,8 +141,8 @@ def _parser() -> argparse.ArgumentParser:
     loop.add_argument(
         "--false-alarm-rate",
         type=float,
-        default=DEFAULT_FALSE_ALARM_RATE,
-        help="alerts per normal reading the threshold aims at",
+        help="set the threshold to the score held-out normal readings reach at this rate "
+        "(default: the scorer's own threshold, 0.99999, with the rate it gives recorded)",
     )
 
     synthetic = p.add_argument_group("synthetic data")

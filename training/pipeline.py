@@ -22,7 +22,6 @@ from service.model import CARD_FILE, ONNX_FILE, ModelCard, Normalization
 from service.normalization import NormalizerParams, normalize_series
 from service.series import Stream
 from training.calibrate import (
-    DEFAULT_FALSE_ALARM_RATE,
     DEFAULT_THRESHOLD,
     calibrate_threshold,
     calibration_table,
@@ -46,7 +45,7 @@ def build_model(
     name: str | None = None,
     version: str = "1",
     per_stream: bool = True,
-    false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE,
+    false_alarm_rate: float | None = None,
     data_source: dict[str, Any] | None = None,
     progress: bool | None = None,
     log: Callable[[str], None] | None = None,
@@ -88,12 +87,11 @@ def _with_threshold(
     out_dir: Path,
     streams: list[Stream],
     normal: np.ndarray,
-    false_alarm_rate: float,
+    false_alarm_rate: float | None,
 ) -> ModelCard:
-    """Measure the threshold on the exported model and store it in the card."""
+    """Set the threshold on the exported model (see `calibrate_threshold`) and save the card."""
     try:
-        threshold, how = calibrate_threshold(out_dir, streams, normal, false_alarm_rate)
-        record = {"false_alarm_rate": false_alarm_rate, "how": how}
+        threshold, record = calibrate_threshold(out_dir, streams, normal, false_alarm_rate)
         card = dataclasses.replace(
             card, threshold=threshold, training={**card.training, "threshold": record}
         )
