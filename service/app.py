@@ -70,6 +70,9 @@ def create_app(settings: Settings) -> FastAPI:
         version="0.1.0",
         summary="Streaming anomaly detection with one recurrent state per stream.",
         lifespan=lifespan,
+        # Observability is Prometheus (service.metrics) and the access log. FastAPI's own
+        # OpenTelemetry hooks otherwise look up the global providers on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     problems.install(app)
     app.add_middleware(AccessMiddleware, metrics=collectors, log_access=settings.log.access)

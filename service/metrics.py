@@ -105,6 +105,7 @@ class Metrics:
             buckets=_HTTP_BUCKETS,
             registry=r,
         )
+        self._http_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self._last_snapshot = time.time()  # before the first snapshot: since the start
         self._levels = _Levels(self)
         self.registry.register(self._levels)
@@ -167,8 +168,17 @@ class Metrics:
     # -- requests ---------------------------------------------------------------------------
 
     def request_done(self, method: str, route: str, status: int, seconds: float) -> None:
-        self._http_requests.labels(method, route, str(status)).inc()
-        self._http_seconds.labels(route).observe(seconds)
+        # The children are kept: `labels()` validates and locks on every call, which doubled
+        # the cost of this (3.7 us against 1.8). Their number is bounded as the labels are.
+        key = (method, route, status)
+        children = self._http_children.get(key)
+        if children is None:
+            children = self._http_children[key] = (
+                self._http_requests.labels(method, route, str(status)),
+                self._http_seconds.labels(route),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     # -- scraping ---------------------------------------------------------------------------
 

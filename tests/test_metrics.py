@@ -114,6 +114,18 @@ def test_http_requests_are_counted_by_route_template_and_status(client: TestClie
                  route="/v1/streams/{stream_id}") == 2
 
 
+def test_requests_add_up_per_label_set_and_share_their_route_s_durations() -> None:
+    metrics = Metrics()
+    for method, status in [("POST", 200), ("POST", 200), ("POST", 404), ("GET", 200)]:
+        metrics.request_done(method, "/v1/readings", status, 0.002)
+    samples = _parse(metrics.render()[0].decode())
+    requests = "streamwatch_http_requests_total"
+    assert value(samples, requests, method="POST", route="/v1/readings", status="200") == 2
+    assert value(samples, requests, method="POST", route="/v1/readings", status="404") == 1
+    assert value(samples, requests, method="GET", route="/v1/readings", status="200") == 1
+    assert value(samples, "streamwatch_http_request_seconds_count", route="/v1/readings") == 4
+
+
 def test_invented_methods_share_one_label_so_label_sets_stay_few(client: TestClient) -> None:
     for method in ("FOO", "BAR", "BAZ"):
         client.request(method, "/no/such/route")

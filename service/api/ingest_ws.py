@@ -17,7 +17,7 @@ import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from service import dataplane
-from service.api.deps import EngineDep, IngestKey, SettingsDep, frame_admission
+from service.api.deps import Ingest, IngestDep, frame_admission
 from service.errors import InvalidReadingError, StreamwatchError
 from service.schemas import Parsed, decode_json, parse_items, problem
 from service.stepper import Outcome
@@ -28,10 +28,8 @@ _IN_FLIGHT = 256  # frames per connection awaiting results; past it, reading the
 
 
 @router.websocket("/v1/ingest")
-async def ingest_ws(
-    websocket: WebSocket, engine: EngineDep, settings: SettingsDep, caller: IngestKey
-) -> None:
-    admit = frame_admission(websocket, caller)
+async def ingest_ws(websocket: WebSocket, ingest: IngestDep) -> None:
+    admit = frame_admission(websocket, ingest.caller)
     await websocket.accept()
     replies: asyncio.Queue[_Pending | None] = asyncio.Queue(_IN_FLIGHT)
     writer = asyncio.create_task(_write_replies(websocket, replies))
@@ -41,10 +39,10 @@ async def ingest_ws(
             if message["type"] == "websocket.disconnect":
                 break
             frame: bytes = message.get("bytes") or (message.get("text") or "").encode()
-            if len(frame) > settings.limits.max_frame_bytes:
+            if len(frame) > ingest.limits.max_frame_bytes:
                 await websocket.close(code=1009, reason="frame too large")
                 break
-            await replies.put(_submit_frame(frame, engine, settings, admit))
+            await replies.put(_submit_frame(frame, ingest, admit))
     except WebSocketDisconnect:
         pass
     finally:
@@ -57,9 +55,7 @@ async def ingest_ws(
 _Pending = dict[str, Any] | tuple[Any, list[Parsed], "asyncio.Future[list[Outcome]]"]
 
 
-def _submit_frame(
-    frame: bytes, engine: EngineDep, settings: SettingsDep, admit: Callable[[], None]
-) -> _Pending:
+def _submit_frame(frame: bytes, ingest: Ingest, admit: Callable[[], None]) -> _Pending:
     """Parse and queue one frame now (so frames apply in arrival order); reply when done."""
     seq = None
     try:
@@ -68,8 +64,8 @@ def _submit_frame(
             seq = body.get("seq")
         admit()  # a frame counts against the key's request rate
         items = _frame_items(body)
-        parsed = parse_items(items, settings.limits)
-        return seq, parsed, dataplane.submit(engine, parsed)
+        parsed = parse_items(items, ingest.limits)
+        return seq, parsed, dataplane.submit(ingest.engine, parsed)
     except StreamwatchError as error:
         return {"seq": seq, "error": problem(error)}
 

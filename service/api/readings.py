@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from service import dataplane
-from service.api.deps import EngineDep, IngestKey, JSONBytes, SettingsDep, read_body
+from service.api.deps import INGEST_SECURITY, IngestDep, JSONBytes, read_body
 from service.errors import InvalidReadingError
 from service.schemas import Failed, ResultsOut, decode_json, parse_items
 
@@ -25,30 +25,30 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _body_schema(*names: str) -> dict[str, Any]:
+def _openapi(*names: str) -> dict[str, Any]:
+    """The request body (the wire models `names`) and the key the route needs."""
     refs = [{"$ref": f"#/components/schemas/{name}"} for name in names]
     schema = refs[0] if len(refs) == 1 else {"anyOf": refs}
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+    body = {"required": True, "content": {"application/json": {"schema": schema}}}
+    return {"requestBody": body, **INGEST_SECURITY}
 
 
 @router.post(
     "/streams/{stream_id}/readings",
     response_model=ResultsOut,
     responses=_ERRORS,
-    openapi_extra=_body_schema("ReadingIn", "StreamReadingsIn"),
+    openapi_extra=_openapi("ReadingIn", "StreamReadingsIn"),
     summary="Send one reading, or several, of one stream",
 )
-async def post_stream_readings(
-    stream_id: str, request: Request, engine: EngineDep, settings: SettingsDep, caller: IngestKey
-) -> JSONBytes:
+async def post_stream_readings(stream_id: str, request: Request, ingest: IngestDep) -> JSONBytes:
     """One reading answers with its own status code if it fails; several answer 200 with a
     status per reading."""
-    body = decode_json(await read_body(request, settings.limits.max_body_bytes))
+    body = decode_json(await read_body(request, ingest.limits.max_body_bytes))
     single = not (isinstance(body, dict) and "readings" in body)
     items = [body] if single else body["readings"]
     if not isinstance(items, list):
         raise InvalidReadingError("`readings` must be a list")
-    entries = await dataplane.resolve(engine, parse_items(items, settings.limits, stream_id))
+    entries = await dataplane.resolve(ingest.engine, parse_items(items, ingest.limits, stream_id))
     if single and isinstance(entries[0], Failed):
         raise entries[0].error
     return JSONBytes(dataplane.render(entries))
@@ -58,15 +58,13 @@ async def post_stream_readings(
     "/readings",
     response_model=ResultsOut,
     responses=_ERRORS,
-    openapi_extra=_body_schema("BatchIn"),
+    openapi_extra=_openapi("BatchIn"),
     summary="Send a batch of readings across streams",
 )
-async def post_readings(
-    request: Request, engine: EngineDep, settings: SettingsDep, caller: IngestKey
-) -> JSONBytes:
+async def post_readings(request: Request, ingest: IngestDep) -> JSONBytes:
     """Results in the order sent, each with its own status: one bad reading fails only itself."""
-    body = decode_json(await read_body(request, settings.limits.max_body_bytes))
+    body = decode_json(await read_body(request, ingest.limits.max_body_bytes))
     items = body.get("readings") if isinstance(body, dict) else None
     if not isinstance(items, list):
         raise InvalidReadingError('the body must be {"readings": [...]}')
-    return JSONBytes(await dataplane.apply(engine, parse_items(items, settings.limits)))
+    return JSONBytes(await dataplane.apply(ingest.engine, parse_items(items, ingest.limits)))
