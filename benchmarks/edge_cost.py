@@ -30,8 +30,8 @@ from service import dataplane
 from service.app import create_app
 from service.engine import Engine
 from service.logs import log_config
+from service.parsing import parse_items
 from service.registry import ModelRegistry
-from service.schemas import parse_items
 from service.settings import Settings
 
 CONCURRENT = 64  # requests in flight, as wrk's connections in rest_single

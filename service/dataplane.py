@@ -10,7 +10,8 @@ from typing import Any
 
 from service.engine import Engine
 from service.errors import StreamwatchError
-from service.schemas import Failed, Parsed, error_result_json, iso_many, result_json
+from service.parsing import Failed, Parsed, error_result_json
+from service.schemas import iso_many, result_json
 from service.stepper import Outcome, Reading, Result
 
 Entry = Result | Failed

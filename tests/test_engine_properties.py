@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 
 from service import dataplane
 from service.engine import Engine
+from service.parsing import Failed, parse_items
 from service.registry import ModelRegistry
-from service.schemas import Failed, parse_items
 from service.settings import Settings
 from service.stepper import Result
 from tests.conftest import make_settings

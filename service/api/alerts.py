@@ -15,7 +15,7 @@ from service.alerts import AlertEvent, AlertFilter, Subscription
 from service.api.deps import AlertBusDep, AlertLogDep, ReadKey
 from service.api.openapi import problem_response
 from service.errors import StreamwatchError
-from service.schemas import parse_timestamp
+from service.parsing import parse_timestamp
 
 router = APIRouter(prefix="/v1/alerts", tags=["alerts"])
 

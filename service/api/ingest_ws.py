@@ -19,7 +19,8 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from service import dataplane
 from service.api.deps import Ingest, IngestDep, frame_admission
 from service.errors import InvalidReadingError, StreamwatchError
-from service.schemas import Parsed, decode_json, parse_items, problem
+from service.parsing import Parsed, decode_json, parse_items
+from service.schemas import problem
 from service.stepper import Outcome
 
 router = APIRouter(tags=["readings"])

@@ -9,7 +9,8 @@ from fastapi import APIRouter, Request
 from service import dataplane
 from service.api.deps import INGEST_SECURITY, IngestDep, JSONBytes, read_body
 from service.errors import InvalidReadingError
-from service.schemas import Failed, ResultsOut, decode_json, parse_items
+from service.parsing import Failed, decode_json, parse_items
+from service.schemas import ResultsOut
 
 router = APIRouter(prefix="/v1", tags=["readings"])
 

@@ -1,0 +1,333 @@
+"""Request bodies -> the engine's readings: one `Reading`, or one `Failed` saying why, each.
+
+A batch whose readings are all plainly well formed is checked a field at a time over the
+whole batch; any other is parsed one reading at a time, so one malformed reading becomes one
+error result and the rest go on. Either way the outcome is what the wire models
+(`service.schemas`) would make of each reading.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from itertools import chain, repeat
+from typing import Any
+
+import numpy as np
+import orjson
+from pydantic import TypeAdapter, ValidationError
+
+from service.alerts import iso
+from service.errors import InvalidReadingError, LimitExceededError, StreamwatchError
+from service.schemas import STREAM_ID_PATTERN, ReadingIn, StreamReadingIn, Timestamp, problem
+from service.settings import LimitSettings
+from service.stepper import Reading
+
+_STREAM_ID = re.compile(STREAM_ID_PATTERN)
+
+_reading = TypeAdapter(ReadingIn)
+_stream_reading = TypeAdapter(StreamReadingIn)
+
+
+def decode_json(body: bytes) -> Any:
+    """Parse a JSON body; NaN/Infinity literals are let through to be refused per reading."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        try:
+            return json.loads(body)
+        except ValueError as exc:
+            raise InvalidReadingError(f"the body is not JSON: {exc}") from None
+
+
+def parse_timestamp(value: Timestamp) -> float:
+    if isinstance(value, str):
+        try:
+            seconds = float(value)
+        except ValueError:
+            try:
+                parsed = datetime.fromisoformat(value)
+            except ValueError:
+                raise InvalidReadingError(
+                    f"timestamp {value!r} is neither ISO 8601 nor epoch seconds"
+                ) from None
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=UTC)
+            try:
+                seconds = parsed.timestamp()
+            except (OverflowError, ValueError):  # year 1 in a zone east of UTC
+                seconds = math.nan
+    else:
+        seconds = float(value)
+    if not math.isfinite(seconds):
+        raise InvalidReadingError(f"timestamp {value!r} is not a finite time")
+    if not _FIRST_SECOND <= seconds <= _LAST_SECOND:  # results are written back in ISO 8601
+        raise InvalidReadingError(f"timestamp {value!r} is outside the years 1 to 9999")
+    return seconds
+
+
+_FIRST_SECOND, _LAST_SECOND = -62135596800.0, 253402300799.0  # 0001-01-01, 9999-12-31T23:59:59
+
+
+def to_reading(item: ReadingIn, stream_id: str, limits: LimitSettings) -> Reading:
+    """Check one wire reading and turn it into the engine's record."""
+    check_stream_id(stream_id, limits)
+    if (item.values is None) == (item.value is None):
+        raise InvalidReadingError("give exactly one of `values` (a list) or `value`")
+    raw = item.values if item.values is not None else [item.value]
+    if not raw:
+        raise InvalidReadingError("`values` is empty")
+    if len(raw) > limits.max_channels:
+        raise LimitExceededError(f"{len(raw)} channels; at most {limits.max_channels}")
+    values = tuple(math.nan if v is None else v for v in raw)
+    for i, v in enumerate(raw):
+        if v is not None and not math.isfinite(v):
+            raise InvalidReadingError(
+                f"channel {i} is {v}: NaN and infinities are refused (use null for missing)"
+            )
+    return Reading(stream_id, parse_timestamp(item.timestamp), values, item.model)
+
+
+def check_stream_id(stream_id: str, limits: LimitSettings) -> None:
+    if len(stream_id) > limits.max_stream_id_length:
+        raise LimitExceededError(
+            f"stream_id is {len(stream_id)} characters; at most {limits.max_stream_id_length}"
+        )
+    if not _STREAM_ID.fullmatch(stream_id):  # match() would let a trailing newline through
+        raise InvalidReadingError(f"stream_id {stream_id!r} must match {STREAM_ID_PATTERN}")
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """A reading that was refused, with what it said of itself for the results."""
+
+    stream_id: Any
+    timestamp: Any
+    error: StreamwatchError
+
+
+Parsed = Reading | Failed
+
+
+def parse_items(
+    items: list[Any], limits: LimitSettings, stream_id: str | None = None
+) -> list[Parsed]:
+    """Each item to a Reading, or to a Failed that says why."""
+    if len(items) > limits.max_readings_per_request:
+        raise LimitExceededError(
+            f"{len(items)} readings in one request; at most {limits.max_readings_per_request}"
+        )
+    uniform = _uniform(items, stream_id, limits)
+    if uniform is not None:
+        return uniform
+    parsed: list[Parsed] = []
+    for raw in items:
+        reading = _well_formed(raw, stream_id, limits)
+        parsed.append(reading if reading is not None else _validated(raw, stream_id, limits))
+    return parsed
+
+
+def _uniform(
+    items: list[Any], stream_id: str | None, limits: LimitSettings
+) -> list[Parsed] | None:
+    """The batch fast path: items all of one shape and all plainly well formed, checked a
+    field at a time over the whole batch (types by set, numbers by numpy, ids by one regex).
+
+    Accepts only what `_well_formed` accepts item by item, and gives the same Readings; on
+    anything else it returns None and the batch goes item by item, which words each error.
+    """
+    if len(items) < _UNIFORM_MIN or type(items[0]) is not dict:
+        return None
+    keys = items[0].keys()
+    n_keys = len(keys)
+    if not _KEYS.issuperset(keys) or ("value" in keys) == ("values" in keys):
+        return None
+    if (stream_id is None) != ("stream_id" in keys) or set(map(type, items)) != {dict}:
+        return None
+    try:
+        if set(map(len, items)) != {n_keys}:  # with the lookups below: the same keys
+            return None
+        if stream_id is None:
+            stream_ids: Any = _stream_ids([raw["stream_id"] for raw in items], limits)
+        else:
+            check_stream_id(stream_id, limits)
+            stream_ids = repeat(stream_id)
+        seconds = _seconds([raw["timestamp"] for raw in items])
+        if "value" in keys:
+            values = _one_channel([raw["value"] for raw in items])
+        else:
+            values = _channels([raw["values"] for raw in items], limits)
+        models: Any = repeat(None)
+        if "model" in keys:
+            models = [raw["model"] for raw in items]
+            if not _TYPES_OF_MODEL.issuperset(map(type, models)):
+                return None
+    except (_NotUniform, StreamwatchError, KeyError, TypeError, ValueError, OverflowError):
+        return None
+    readings = zip(stream_ids, seconds, values, models, strict=False)  # some are repeat()
+    return [_new_reading(Reading, r) for r in readings]
+
+
+_UNIFORM_MIN = 8  # below it, the numpy calls cost more than the per-item path
+_STREAM_IDS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]*(?:\n[A-Za-z0-9][A-Za-z0-9._:@-]*)*")
+_TYPES_OF_MODEL = frozenset({str, type(None)})
+_NUMBER_TYPES = frozenset({int, float})
+_CHANNEL_TYPES = frozenset({int, float, type(None)})
+
+
+class _NotUniform(Exception):
+    """This batch is not for the fast path."""
+
+
+def _stream_ids(stream_ids: list[Any], limits: LimitSettings) -> list[str]:
+    if set(map(type, stream_ids)) != {str}:
+        raise _NotUniform
+    if max(map(len, stream_ids)) > min(limits.max_stream_id_length, _MAX_STREAM_ID):
+        raise _NotUniform
+    joined = "\n".join(stream_ids)  # one regex call; an id with a newline of its own is out
+    if joined.count("\n") != len(stream_ids) - 1 or _STREAM_IDS.fullmatch(joined) is None:
+        raise _NotUniform
+    return stream_ids
+
+
+def _seconds(timestamps: list[Any]) -> list[float]:
+    types = set(map(type, timestamps))
+    if str in types:  # ISO 8601 text: no vectorized parser takes every form fromisoformat does
+        if not types.issubset(_TIMESTAMP_TYPES):
+            raise _NotUniform
+        return [parse_timestamp(t) for t in timestamps]
+    if not _NUMBER_TYPES.issuperset(types):
+        raise _NotUniform
+    seconds = np.array(timestamps, np.float64)  # (batch,)
+    if not ((seconds >= _FIRST_SECOND) & (seconds <= _LAST_SECOND)).all():  # NaN fails too
+        raise _NotUniform
+    return seconds.tolist()
+
+
+def _one_channel(values: list[Any]) -> Iterable[tuple[float, ...]]:
+    if not _NUMBER_TYPES.issuperset(map(type, values)):
+        raise _NotUniform
+    array = np.array(values, np.float64)  # (batch,)
+    if not np.isfinite(array).all():
+        raise _NotUniform
+    return zip(array.tolist())  # one 1-tuple per reading
+
+
+def _channels(values: list[Any], limits: LimitSettings) -> list[tuple[float, ...]]:
+    widths = set(map(len, values)) if set(map(type, values)) == {list} else set()
+    if len(widths) != 1 or not 0 < next(iter(widths)) <= limits.max_channels:
+        raise _NotUniform
+    flat = list(chain.from_iterable(values))
+    if not _CHANNEL_TYPES.issuperset(map(type, flat)):
+        raise _NotUniform
+    array = np.array(values, np.float64)  # (batch, channels); null becomes NaN: missing
+    finite = np.isfinite(array)
+    if not finite.all() and int((~finite).sum()) != flat.count(None):  # a NaN or inf sent
+        raise _NotUniform
+    return list(map(tuple, array.tolist()))
+
+
+def _validated(raw: Any, stream_id: str | None, limits: LimitSettings) -> Parsed:
+    """One item through the wire model: a Reading, or a Failed that words what is wrong."""
+    sid = stream_id if stream_id is not None else _get(raw, "stream_id")
+    try:
+        if stream_id is None:
+            item: ReadingIn = _stream_reading.validate_python(raw)
+            return to_reading(item, item.stream_id, limits)  # type: ignore[attr-defined]
+        return to_reading(_reading.validate_python(raw), stream_id, limits)
+    except ValidationError as exc:
+        return Failed(sid, _get(raw, "timestamp"), InvalidReadingError(_explain(exc)))
+    except StreamwatchError as exc:
+        return Failed(sid, _get(raw, "timestamp"), exc)
+
+
+_KEYS = frozenset(ReadingIn.model_fields) | {"stream_id"}
+_MAX_STREAM_ID = 1000  # StreamReadingIn.stream_id's max_length
+
+
+def _well_formed(raw: Any, stream_id: str | None, limits: LimitSettings) -> Reading | None:
+    """The fast path: a plainly well-formed item straight to its Reading, else None.
+
+    Per-item pydantic validation costs several microseconds, most of a batch's time. This
+    accepts only what the wire model would accept unchanged (exact types: no bools, no numbers
+    in strings, finite values) and gives the same Reading; anything else returns None and goes
+    through `_validated`, which also words the error.
+    """
+    if type(raw) is not dict or not _KEYS.issuperset(raw):
+        return None
+    try:
+        if stream_id is None:
+            stream_id = raw["stream_id"]
+            if type(stream_id) is not str or len(stream_id) > _MAX_STREAM_ID:
+                return None
+        elif "stream_id" in raw:
+            return None
+        timestamp, model = raw["timestamp"], raw.get("model")
+        if type(timestamp) not in _TIMESTAMP_TYPES:  # exact types: a bool is not a time
+            return None
+        seconds = parse_timestamp(timestamp)
+        if model is not None and type(model) is not str:
+            return None
+        value, values = raw.get("value"), raw.get("values")
+        if values is None:
+            if type(value) is not float and type(value) is not int:
+                return None
+            floats: tuple[float, ...] = (float(value),)
+            if not math.isfinite(floats[0]):
+                return None
+        elif value is None and type(values) is list and 0 < len(values) <= limits.max_channels:
+            floats = tuple(_channel(v) for v in values)
+            if not all(map(math.isfinite, floats)) and not _only_missing(values, floats):
+                return None
+        else:
+            return None
+        check_stream_id(stream_id, limits)
+        return _new_reading(Reading, (stream_id, seconds, floats, model))
+    except (StreamwatchError, KeyError, TypeError, ValueError, OverflowError):
+        return None
+
+
+_TIMESTAMP_TYPES = (float, int, str)
+_new_reading = tuple.__new__  # Reading(...) without the Python-level __new__ of a NamedTuple
+def _channel(v: Any) -> float:
+    if v is None:
+        return math.nan
+    if type(v) is not float and type(v) is not int:
+        raise TypeError("not a plain number")
+    return float(v)
+
+
+def _only_missing(values: list[Any] | None, floats: tuple[float, ...]) -> bool:
+    """Whether every non-finite channel is a null (missing), not a NaN or infinity sent."""
+    if values is None:
+        return False
+    return all(v is None or math.isfinite(f) for v, f in zip(values, floats, strict=True))
+
+
+def _get(raw: Any, key: str) -> Any:
+    return raw.get(key) if isinstance(raw, dict) else None
+
+
+def _explain(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'reading'}: {e['msg']}" for e in exc.errors()
+    )
+
+
+def error_result_json(failed: Failed) -> dict[str, Any]:
+    return {
+        "stream_id": failed.stream_id if isinstance(failed.stream_id, str) else None,
+        "timestamp": _timestamp_text(failed.timestamp),
+        "status": problem(failed.error),
+    }
+
+
+def _timestamp_text(timestamp: Any) -> str | None:
+    try:
+        return iso(parse_timestamp(timestamp))
+    except (StreamwatchError, TypeError, ValueError, OverflowError, OSError):
+        return None
