@@ -238,3 +238,18 @@ def test_the_alert_socket_needs_the_read_role(tmp_path) -> None:
         bus.unsubscribe(taken)
     assert refused.code == 1008 and "lacks the 'read' role" in refused.reason
     assert admitted.code == 1013 and "subscribers" in admitted.reason
+
+
+def test_the_sse_stream_takes_its_key_from_the_query_and_other_routes_do_not(tmp_path) -> None:
+    settings = make_settings(tmp_path, security={"api_keys": KEYS, "rate_per_s": None},
+                             alerts={"max_subscribers": 1})
+    with TestClient(create_app(settings)) as client:
+        bus = client.app.state.alert_bus  # type: ignore[attr-defined]
+        taken = bus.subscribe(AlertFilter())  # the only place: a caller let in is told so
+        refused = client.get(f"/v1/alerts/stream?token={FEEDER}")
+        admitted = client.get(f"/v1/alerts/stream?token={VIEWER}")
+        bus.unsubscribe(taken)
+        history = client.get(f"/v1/alerts?token={VIEWER}")  # a header is the way here
+    assert refused.status_code == 403
+    assert admitted.status_code == 503 and "subscribers" in admitted.json()["detail"]
+    assert history.status_code == 401

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Header, Query, Request, WebSocket, WebSocketDisco
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from service.alerts import AlertEvent, AlertFilter, Subscription
-from service.api.deps import AlertBusDep, AlertLogDep, ReadKey
+from service.api.deps import AlertBusDep, AlertLogDep, EventSourceKey, ReadKey
 from service.api.openapi import problem_response
 from service.errors import StreamwatchError
 from service.parsing import parse_timestamp
@@ -104,7 +104,7 @@ async def alerts_sse(
     request: Request,
     bus: AlertBusDep,
     alert_log: AlertLogDep,
-    caller: ReadKey,
+    caller: EventSourceKey,
     stream: StreamGlob = "*",
     min_score: MinScore = 0.0,
     last_event_id: Annotated[str | None, Header()] = None,

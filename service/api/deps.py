@@ -51,17 +51,21 @@ Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 _CLOSE_CODES = {401: 1008, 403: 1008, 429: 1013}
 
 
-def _caller(role: Role) -> Callable[..., Awaitable[Principal]]:
-    """A dependency admitting callers whose key grants `role`, within their request rate."""
+def _caller(role: Role, query_token: bool = False) -> Callable[..., Awaitable[Principal]]:
+    """A dependency admitting callers whose key grants `role`, within their request rate;
+    with `query_token`, the key may also come as `?token=` (for browsers' EventSource)."""
 
     async def caller(conn: HTTPConnection, credentials: Credentials) -> Principal:
-        return await _admitted(conn, credentials, role)
+        return await _admitted(conn, credentials, role, query_token)
 
     return caller
 
 
 async def _admitted(
-    conn: HTTPConnection, credentials: HTTPAuthorizationCredentials | None, role: Role
+    conn: HTTPConnection,
+    credentials: HTTPAuthorizationCredentials | None,
+    role: Role,
+    query_token: bool = False,
 ) -> Principal:
     """The caller, if its key grants `role` and its rate allows one request more."""
     keys: KeyRing = conn.app.state.keyring
@@ -69,7 +73,8 @@ async def _admitted(
         principal = ANONYMOUS
     else:
         token = credentials.credentials if credentials is not None else None
-        if token is None and isinstance(conn, WebSocket):  # browsers cannot set its headers
+        # Browsers cannot set headers on a WebSocket or an EventSource.
+        if token is None and (query_token or isinstance(conn, WebSocket)):
             token = conn.query_params.get("token")
         try:
             principal = keys.authorize(token, role)
@@ -100,6 +105,7 @@ def frame_admission(conn: HTTPConnection, principal: Principal) -> Callable[[], 
 
 
 ReadKey = Annotated[Principal, Depends(_caller("read"))]
+EventSourceKey = Annotated[Principal, Depends(_caller("read", query_token=True))]
 AdminKey = Annotated[Principal, Depends(_caller("admin"))]
 
 
