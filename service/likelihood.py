@@ -10,16 +10,22 @@ An alternative to `service.scoring.score`, after Numenta's anomaly likelihood (A
    profile sees what a forecaster without a clock cannot: a day that lost its daily shape.
 2. Each surprise is averaged over the last `window` readings: forecast errors come in runs,
    and an average judges a run once instead of each of its readings.
-3. Each average is judged against the stream's own distribution of it, a Gaussian whose mean
-   and variance are averaged exactly over the first `horizon` learned readings and then
-   forget with weight 1 / horizon: p_k = P(N(mean_k, var_k) >= average_k).
-4. A reading beyond the range of values the stream has shown, by more than `range_margin`
+3. A level statistic: how far the mean of each channel's last `level_window` values is from
+   the channel's long-run mean, in its long-run standard deviations (the largest over the
+   channels). A forecaster follows a level that moved and soon stops missing; the level
+   test still sees that the stream is not where it has been.
+4. Each average, and the level statistic, is judged against the stream's own distribution
+   of it, a Gaussian whose mean and variance are averaged exactly over the first `horizon`
+   learned readings and then forget with weight 1 / horizon: p_k = P(N(mean_k, var_k) >=
+   average_k). With `quiet_tail` the forecast's average is also judged from below: a stream
+   gone flat or silent is forecast too well.
+5. A reading beyond the range of values the stream has shown, by more than `range_margin`
    of that range, is improbable on its own: p_range = `range_tail`. Forecasters trained on
    normal data miss the first level never seen before by less than its size.
 
-The score is 1 - min(1, K * min_k p_k, p_range) over the K averaged surprises; 0 until the
-stream has learned `settle` readings. Only readings the caller lets `learn` (past warm-up)
-move the distributions; every observed value updates the profile and the range.
+The score is 1 - min(1, K * min_k p_k, p_range) over the K tests; 0 until the stream has
+learned `settle` readings. Only readings the caller lets `learn` (past warm-up) move the
+distributions; every observed value updates the profile, the level and the range.
 
 >>> params = LikelihoodParams(settle=2, day_bins=0)
 >>> state = initial_state(1, 1, params)
@@ -59,6 +65,7 @@ DAY_COUNT_MAX = 255
 # A surprise beyond this counts as this: past it every reading is equally damning, and an
 # unbounded one could overflow the float32 averages and poison a stream's state for good.
 MAX_SURPRISE = 1000.0
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,8 @@ class LikelihoodParams:
     range_tail: float = 1e-12  # tail probability of a reading beyond the range (1: off)
     day_bins: int = 24  # bins of the time-of-day profile (0: no profile)
     day_alpha: float = 0.05  # weight of a new value in its bin, once the bin has 1 / alpha
+    level_window: int = 30  # values whose mean the level test compares (0: no level test)
+    quiet_tail: bool = True  # also judge the forecast's average from below
 
     def __post_init__(self) -> None:
         if self.day_bins and self.day_alpha * DAY_COUNT_MAX < 1.0:
@@ -84,8 +93,18 @@ class LikelihoodParams:
 
     @property
     def signals(self) -> int:
-        """Surprises averaged and judged per reading: the forecast's, and the profile's."""
+        """Surprises averaged per reading: the forecast's, and the profile's."""
         return 2 if self.day_bins else 1
+
+    @property
+    def judged(self) -> int:
+        """Statistics with a learned distribution: the averages, and the level's."""
+        return self.signals + (1 if self.level_window else 0)
+
+    @property
+    def tests(self) -> int:
+        """Tail probabilities the score takes the least of (Bonferroni)."""
+        return self.judged + (1 if self.quiet_tail else 0)
 
 
 @dataclass(frozen=True)
@@ -93,13 +112,17 @@ class LikelihoodState:
     recent: np.ndarray  # (batch, signals, window) float32 the last surprises, newest last
     filled: np.ndarray  # (batch,) int32 readings in `recent`, at most window
     count: np.ndarray  # (batch,) int64 readings learned
-    mean: np.ndarray  # (batch, signals) float64 distribution of each average surprise
-    var: np.ndarray  # (batch, signals) float64
+    mean: np.ndarray  # (batch, judged) float64 distribution of each average, and the level's
+    var: np.ndarray  # (batch, judged) float64
     low: np.ndarray  # (batch, channels) float64 lowest value seen; +inf before any
     high: np.ndarray  # (batch, channels) float64 highest value seen; -inf before any
     day_mean: np.ndarray  # (batch, day_bins, channels) float32 the time-of-day profile
     day_var: np.ndarray  # (batch, day_bins, channels) float32
     day_count: np.ndarray  # (batch, day_bins, channels) uint8 values seen in each bin, capped
+    level_values: np.ndarray  # (batch, channels, level_window) float32 last values, a ring
+    level_count: np.ndarray  # (batch, channels) int64 values seen; the ring's next is % window
+    level_mean: np.ndarray  # (batch, channels) float64 long-run mean of the values
+    level_var: np.ndarray  # (batch, channels) float64
 
 
 @dataclass(frozen=True)
@@ -117,17 +140,22 @@ def fields(
     value of a fresh stream).
     """
     inf, k, day = float("inf"), params.signals, (params.day_bins, channels)
+    ring = (channels, max(params.level_window, 1))  # a field of size 0 does not pack
     return {
         "recent": ((k, params.window), np.float32, 0.0),
         "filled": ((), np.int32, 0),
         "count": ((), np.int64, 0),
-        "mean": ((k,), np.float64, 0.0),
-        "var": ((k,), np.float64, 0.0),
+        "mean": ((params.judged,), np.float64, 0.0),
+        "var": ((params.judged,), np.float64, 0.0),
         "low": ((channels,), np.float64, inf),
         "high": ((channels,), np.float64, -inf),
         "day_mean": (day, np.float32, 0.0),
         "day_var": (day, np.float32, 0.0),
         "day_count": (day, np.uint8, 0),
+        "level_values": (ring, np.float32, 0.0),
+        "level_count": ((channels,), np.int64, 0),
+        "level_mean": ((channels,), np.float64, 0.0),
+        "level_var": ((channels,), np.float64, 0.0),
     }
 
 
@@ -144,9 +172,10 @@ def gaussian_log_sf(y: np.ndarray) -> np.ndarray:
     """ln P(N(0, 1) >= y), accurate to ~1e-7 relative, finite for any finite y."""
     x = np.minimum(np.abs(y), 1e100) * math.sqrt(0.5)  # ln P is -5e199 there: as good as -inf
     t = 1.0 / (1.0 + 0.5 * x)
-    poly = np.zeros_like(t)
-    for c in reversed(_ERFC):
-        poly = c + t * poly
+    poly = np.full_like(t, _ERFC[-1])  # Horner, in place: c + t * poly, coefficient by coefficient
+    for c in reversed(_ERFC[:-1]):
+        poly *= t
+        poly += c
     log_erfc = np.log(t) - x * x + poly  # ln erfc(|y| / sqrt 2)
     return np.where(y >= 0.0, _LN_HALF + log_erfc, np.log1p(-0.5 * np.exp(log_erfc)))
 
@@ -168,18 +197,22 @@ def step(
     score 0 and keep their averages and distributions; an observed value still enters the
     profile and the range. Only `scorable & learn` rows move the distributions.
     """
-    batch = np.arange(len(s))
-    day_bin = (np.floor(ts / _DAY_S * params.day_bins) % max(params.day_bins, 1)).astype(np.intp)
+    day = _day_bin(ts, state, params)
     surprises = [s]
-    if params.day_bins:
-        surprises.append(_profile_surprise(x, observed, state, batch, day_bin))
+    if day is not None:
+        surprises.append(_profile_surprise(x, observed, day))
     now = np.minimum(np.stack(surprises, axis=1), MAX_SURPRISE).astype(np.float32)
     recent = np.concatenate([state.recent[:, :, 1:], now[:, :, None]], axis=2)  # (b, k, w)
     filled = np.minimum(state.filled + 1, params.window)
     average = recent.sum(axis=2, dtype=np.float64) / filled[:, None]  # (batch, signals)
+    level = _level(x, observed, state, params)
+    if level is not None:
+        average = np.concatenate([average, level.statistic[:, None]], axis=1)  # (batch, judged)
     sd = np.sqrt(np.maximum(state.var, params.min_var))
-    log_p = gaussian_log_sf((average - state.mean) / sd).min(axis=1)
-    log_p = np.minimum(0.0, log_p + math.log(params.signals))
+    z = (average - state.mean) / sd
+    if params.quiet_tail:  # the forecast's average from below too, in the same pass
+        z = np.concatenate([z, -z[:, :1]], axis=1)  # (batch, tests)
+    log_p = np.minimum(0.0, gaussian_log_sf(z).min(axis=1) + math.log(params.tests))
 
     with np.errstate(invalid="ignore"):  # inf - inf before a stream's first value
         span = state.high - state.low  # (batch, channels)
@@ -193,33 +226,109 @@ def step(
     learning = scorable & learn
     count, mean, var = _learn(average, state, params)
     seen = np.where(observed, x, np.nan)
+    if not scorable.all():  # rarely: rows without a forecast keep their last surprises
+        recent[~scorable] = state.recent[~scorable]
     return LikelihoodUpdate(
         score=score,
         state=LikelihoodState(
-            recent=np.where(scorable[:, None, None], recent, state.recent),
+            recent=recent,
             filled=np.where(scorable, filled, state.filled).astype(np.int32),
             count=np.where(learning, count, state.count),
             mean=np.where(learning[:, None], mean, state.mean),
             var=np.where(learning[:, None], var, state.var),
             low=np.fmin(state.low, seen),  # fmin/fmax: a missing value leaves the range
             high=np.fmax(state.high, seen),
-            **_learn_profile(x, observed, state, batch, day_bin, params),
+            **_learn_profile(x, observed, state, day, params),
+            **_learned_level(level, state),
         ),
     )
 
 
-def _profile_surprise(
-    x: np.ndarray,
-    observed: np.ndarray,
-    state: LikelihoodState,
-    batch: np.ndarray,
-    day_bin: np.ndarray,
-) -> np.ndarray:
+@dataclass(frozen=True)
+class _Level:
+    statistic: np.ndarray  # (batch,) largest |recent mean - long-run mean| / sd over channels
+    values: np.ndarray  # (batch, channels, level_window) the ring with this reading's values
+    count: np.ndarray  # (batch, channels)
+    mean: np.ndarray  # (batch, channels) the long-run mean with this reading's values
+    var: np.ndarray  # (batch, channels)
+
+
+def _level(
+    x: np.ndarray, observed: np.ndarray, state: LikelihoodState, params: LikelihoodParams
+) -> _Level | None:
+    """The level statistic of each row, and the level state with the observed values in."""
+    w = params.level_window
+    if not w:
+        return None
+    seen = observed & np.isfinite(x)
+    value = np.where(seen, x, 0.0)
+    values = state.level_values.copy()
+    rows, channels = np.nonzero(seen)
+    # The ring is float32: a value beyond its range is kept as its largest, still far out.
+    values[rows, channels, state.level_count[rows, channels] % w] = np.clip(
+        value[rows, channels], -_FLOAT32_MAX, _FLOAT32_MAX
+    )
+    count = state.level_count + seen
+    recent = values.sum(axis=2, dtype=np.float64) / np.maximum(np.minimum(count, w), 1)
+    known = seen & (state.level_count >= w)  # a young mean and variance judge nothing
+    with np.errstate(over="ignore", invalid="ignore"):  # a non-finite statistic is refused
+        shift = np.abs(recent - state.level_mean) / std_of(state.level_mean, state.level_var)
+    statistic = np.where(known & np.isfinite(shift), shift, 0.0).max(axis=1)
+    # Every value counts exactly until `horizon`, then with weight 1 / horizon.
+    weight = np.maximum(1.0 / np.maximum(count, 1), 1.0 / params.horizon)
+    delta = value - state.level_mean
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean = state.level_mean + weight * delta
+        var = (1.0 - weight) * (state.level_var + weight * delta * delta)
+    learned = seen & np.isfinite(mean) & np.isfinite(var)
+    return _Level(
+        statistic,
+        values,
+        count,
+        np.where(learned, mean, state.level_mean),
+        np.where(learned, var, state.level_var),
+    )
+
+
+def _learned_level(level: _Level | None, state: LikelihoodState) -> dict[str, np.ndarray]:
+    if level is None:
+        return {"level_values": state.level_values, "level_count": state.level_count,
+                "level_mean": state.level_mean, "level_var": state.level_var}
+    return {"level_values": level.values, "level_count": level.count,
+            "level_mean": level.mean, "level_var": level.var}
+
+
+@dataclass(frozen=True)
+class _DayBin:
+    """Each row's time-of-day bin, and what the profile holds in it."""
+
+    rows: np.ndarray  # (batch,) 0 .. batch - 1
+    index: np.ndarray  # (batch,) the bin
+    mean: np.ndarray  # (batch, channels) float64
+    var: np.ndarray  # (batch, channels) float64
+    count: np.ndarray  # (batch, channels) int64
+
+
+def _day_bin(ts: np.ndarray, state: LikelihoodState, params: LikelihoodParams) -> _DayBin | None:
+    if not params.day_bins:
+        return None
+    rows = np.arange(len(ts))
+    index = (np.floor(ts / _DAY_S * params.day_bins) % params.day_bins).astype(np.intp)
+    return _DayBin(
+        rows,
+        index,
+        state.day_mean[rows, index].astype(np.float64),
+        state.day_var[rows, index].astype(np.float64),
+        state.day_count[rows, index].astype(np.int64),
+    )
+
+
+def _profile_surprise(x: np.ndarray, observed: np.ndarray, day: _DayBin) -> np.ndarray:
     """-ln of the two-sided tail of each reading in its time-of-day bin, Bonferroni over
     the channels that bin can judge; 0 where it can judge none."""
-    mean = state.day_mean[batch, day_bin].astype(np.float64)  # (batch, channels)
-    std = std_of(mean, state.day_var[batch, day_bin].astype(np.float64))
-    judged = observed & (state.day_count[batch, day_bin] >= _DAY_MIN_COUNT)
+    mean = day.mean
+    std = std_of(mean, day.var)
+    judged = observed & (day.count >= _DAY_MIN_COUNT)
     z = np.where(judged, np.abs(x - mean) / std, 0.0)
     log_p = np.where(judged, math.log(2.0) + gaussian_log_sf(z), 0.0)
     n_judged = np.maximum(judged.sum(axis=1), 1)
@@ -230,17 +339,14 @@ def _learn_profile(
     x: np.ndarray,
     observed: np.ndarray,
     state: LikelihoodState,
-    batch: np.ndarray,
-    day_bin: np.ndarray,
+    day: _DayBin | None,
     params: LikelihoodParams,
 ) -> dict[str, np.ndarray]:
     """The profile with each observed value folded into its bin: exact, then forgetting."""
-    if not params.day_bins:
+    if day is None:
         return {"day_mean": state.day_mean, "day_var": state.day_var,
                 "day_count": state.day_count}
-    mean = state.day_mean[batch, day_bin].astype(np.float64)  # (batch, channels)
-    var = state.day_var[batch, day_bin].astype(np.float64)
-    count = state.day_count[batch, day_bin].astype(np.int64)
+    mean, var, count = day.mean, day.var, day.count  # (batch, channels)
     exact = count * params.day_alpha < 1.0
     n = count + 1
     weight = np.where(exact, 1.0 / n, params.day_alpha)
@@ -259,9 +365,10 @@ def _learn_profile(
         "day_var": state.day_var.copy(),
         "day_count": state.day_count.copy(),
     }
-    profile["day_mean"][batch, day_bin] = np.where(learned, new_mean, mean)
-    profile["day_var"][batch, day_bin] = np.where(learned, new_var, var)
-    profile["day_count"][batch, day_bin] = np.where(learned, np.minimum(n, DAY_COUNT_MAX), count)
+    at = (day.rows, day.index)
+    profile["day_mean"][at] = np.where(learned, new_mean, mean)
+    profile["day_var"][at] = np.where(learned, new_var, var)
+    profile["day_count"][at] = np.where(learned, np.minimum(n, DAY_COUNT_MAX), count)
     return profile
 
 

@@ -84,6 +84,12 @@ class ScoringSettings(_Group):
     day_alpha: float = Field(
         0.05, ge=1 / 255, lt=1.0, description="Weight of a new day in a bin."
     )
+    level_window: int = Field(
+        30, ge=0, le=512, description="Values whose mean the level test compares; 0: off."
+    )
+    quiet_tail: bool = Field(
+        True, description="Also alert on a forecast surprise far below its usual (gone flat)."
+    )
     thresholds: dict[str, float] = Field(
         default_factory=dict, description="Per-model threshold, overriding the card's."
     )

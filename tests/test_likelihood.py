@@ -12,11 +12,13 @@ import pytest
 from service import likelihood
 from service.likelihood import LikelihoodParams, LikelihoodState, gaussian_log_sf, step
 
-# Without the time-of-day profile unless a test is about it.
+# Without the time-of-day profile, the level test and the quiet tail unless a test is about it.
 PARAMS = LikelihoodParams(
-    window=4, horizon=50, settle=10, range_margin=0.1, range_tail=1e-12, day_bins=0
+    window=4, horizon=50, settle=10, range_margin=0.1, range_tail=1e-12, day_bins=0,
+    level_window=0, quiet_tail=False,
 )
 WITH_PROFILE = dataclasses.replace(PARAMS, day_bins=24, day_alpha=0.1)
+EVERYTHING = dataclasses.replace(WITH_PROFILE, level_window=6, quiet_tail=True)
 EVERY_S = 300.0  # five-minute readings: 288 a day
 
 
@@ -106,11 +108,14 @@ def test_readings_not_learned_leave_the_distribution_but_fill_the_average() -> N
     assert after.recent[0, 0, -1] == 9.0
 
 
-def test_a_row_not_scorable_scores_zero_and_a_missing_value_leaves_the_whole_state() -> None:
-    _, before = _run(_calm(30), np.linspace(0.0, 1.0, 30).tolist(), WITH_PROFILE)
+@pytest.mark.parametrize("params", [WITH_PROFILE, EVERYTHING])
+def test_a_row_not_scorable_scores_zero_and_a_missing_value_leaves_the_whole_state(
+    params: LikelihoodParams,
+) -> None:
+    _, before = _run(_calm(30), np.linspace(0.0, 1.0, 30).tolist(), params)
     update = step(
         np.array([0.0]), np.array([[np.nan]]), np.array([[False]]), np.array([1e6]), before,
-        np.array([False]), np.array([True]), WITH_PROFILE,
+        np.array([False]), np.array([True]), params,
     )
     assert update.score[0] == 0.0
     for field in dataclasses.fields(LikelihoodState):
@@ -126,34 +131,35 @@ def test_the_distribution_forgets_so_a_lasting_change_stops_scoring() -> None:
     assert np.median(scores[-100:]) < 0.9
 
 
-def test_a_batch_steps_each_stream_as_if_it_were_alone() -> None:
+@pytest.mark.parametrize("params", [WITH_PROFILE, EVERYTHING])
+def test_a_batch_steps_each_stream_as_if_it_were_alone(params: LikelihoodParams) -> None:
     rng = np.random.default_rng(3)
     n, length = 5, 400
     s = rng.exponential(1.0, (n, length)) * rng.choice([1.0, 4.0], (n, 1))
     x = rng.normal(0.0, 1.0, (n, length)).cumsum(axis=1)
     ts = np.arange(length) * 1800.0 + rng.uniform(0.0, 86400.0, (n, 1))  # (streams, time)
     learn = rng.random((n, length)) < 0.9
-    state = likelihood.initial_state(n, 1, WITH_PROFILE)
+    state = likelihood.initial_state(n, 1, params)
     batch_scores = np.zeros((n, length))
     for t in range(length):
         update = step(
             s[:, t], x[:, t : t + 1], np.ones((n, 1), bool), ts[:, t], state,
-            np.ones(n, bool), learn[:, t], WITH_PROFILE,
+            np.ones(n, bool), learn[:, t], params,
         )
         batch_scores[:, t], state = update.score, update.state
     assert np.count_nonzero(batch_scores > 0.5) > 0  # the comparison below is not all zeros
     for i in range(n):
-        alone = likelihood.initial_state(1, 1, WITH_PROFILE)
+        alone = likelihood.initial_state(1, 1, params)
         for t in range(length):
             update = step(
                 s[i, t : t + 1], x[i : i + 1, t : t + 1], np.ones((1, 1), bool),
-                ts[i, t : t + 1], alone, np.ones(1, bool), learn[i, t : t + 1], WITH_PROFILE,
+                ts[i, t : t + 1], alone, np.ones(1, bool), learn[i, t : t + 1], params,
             )
             assert update.score[0] == batch_scores[i, t]
             alone = update.state
 
 
-@pytest.mark.parametrize("params", [PARAMS, WITH_PROFILE])
+@pytest.mark.parametrize("params", [PARAMS, WITH_PROFILE, EVERYTHING])
 def test_fields_describe_every_array_of_the_state_with_its_shape_and_dtype(
     params: LikelihoodParams,
 ) -> None:
@@ -196,13 +202,55 @@ def test_the_profile_holds_each_bins_mean_and_forgets_old_days() -> None:
     assert np.all(np.sqrt(state.day_var[0, :, 0]) < 0.2)
 
 
-def test_an_enormous_value_scores_near_one_and_leaves_every_state_array_finite() -> None:
-    # 1e30 is finite, so the server takes it; squared it overflows a float32 profile bin.
-    values = np.sin(np.arange(400.0)).tolist() + [1e30, 0.5]
-    scores, state = _run([1.0] * 400 + [1e12, 1.0], values, WITH_PROFILE)
+@pytest.mark.parametrize("enormous", [1e30, 1e300])
+def test_an_enormous_value_scores_near_one_and_leaves_every_state_array_finite(
+    enormous: float,
+) -> None:
+    # Finite, so the server takes it; squared, 1e30 overflows a float32 profile bin and 1e300
+    # a float64 variance, and 1e300 is beyond float32 (the level's ring) to begin with.
+    values = np.sin(np.arange(400.0)).tolist() + [enormous, 0.5]
+    scores, state = _run([1.0] * 400 + [1e12, 1.0], values, EVERYTHING)
     assert scores[400] > 1.0 - 1e-9
     for field in dataclasses.fields(LikelihoodState):
         array = getattr(state, field.name)
         if field.name not in ("low", "high"):
             assert np.all(np.isfinite(array)), field.name
-    assert state.high[0, 0] == 1e30  # the range did learn it
+    assert state.high[0, 0] == enormous  # the range did learn it
+
+
+def test_a_level_the_forecast_follows_alerts_with_the_level_test_and_not_without() -> None:
+    # The forecast keeps up with the new level (calm surprises), and the new level stays
+    # inside the range seen: only the mean of the last values tells.
+    rng = np.random.default_rng(5)
+    values = np.concatenate([rng.normal(0.0, 1.0, 600), rng.normal(2.0, 1.0, 100)]).tolist()
+    surprises = _calm(len(values))
+    level = dataclasses.replace(PARAMS, level_window=30, horizon=2000, range_tail=1.0)
+    with_level, _ = _run(surprises, values, level)
+    without, _ = _run(surprises, values, dataclasses.replace(level, level_window=0))
+    alerting = 1.0 - 1e-5
+    assert np.count_nonzero(with_level[600:] >= alerting) > 10
+    assert np.count_nonzero(with_level[100:600] >= alerting) == 0
+    assert np.count_nonzero(without[600:] >= alerting) == 0
+
+
+def test_the_level_is_the_mean_of_the_last_values_and_the_long_run_mean_of_all() -> None:
+    params = dataclasses.replace(PARAMS, level_window=4)
+    values = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
+    _, state = _run([1.0] * len(values), values, params)
+    ring = state.level_values[0, 0]
+    assert sorted(ring.tolist()) == [4.0, 5.0, 6.0, 7.0]
+    assert state.level_count[0, 0] == len(values)
+    assert state.level_mean[0, 0] == pytest.approx(np.mean(values))
+    assert state.level_var[0, 0] == pytest.approx(np.var(values))
+
+
+def test_a_stream_gone_flat_alerts_with_the_quiet_tail_and_not_without() -> None:
+    # Forecasts usually miss by Exp(1); then the stream goes flat and they are exact.
+    surprises = _calm(600) + [0.0] * 60
+    quiet = dataclasses.replace(PARAMS, window=15, horizon=2000, quiet_tail=True)
+    with_tail, _ = _run(surprises, params=quiet)
+    without, _ = _run(surprises, params=dataclasses.replace(quiet, quiet_tail=False))
+    alerting = 0.999
+    assert np.count_nonzero(with_tail[600:] >= alerting) > 5
+    assert np.count_nonzero(with_tail[100:600] >= alerting) == 0
+    assert np.count_nonzero(without[600:] >= alerting) == 0

@@ -97,6 +97,9 @@ class Scored:
     swept: dict[str, tuple[float, float]]
     configured: dict[str, float]
     categories: dict[str, dict[str, float]]  # category -> profile -> score at the standard q
+    # "odd" / "even" files (by position in the corpus) -> profile -> score at the configured
+    # q: a change tuned on the whole corpus should hold on both halves, not only on average.
+    halves: dict[str, dict[str, float]]
     alerts: int  # alerts opened over the corpus at the configured threshold
 
 
@@ -206,7 +209,12 @@ def judge(
         category: {name: nab.normalized(name, at_configured, members) for name in nab.profiles}
         for category, members in nab.categories().items()
     }
-    return Scored(swept, configured, categories, sum(len(o) for o in at_configured))
+    halves = {
+        half: {name: nab.normalized(name, at_configured, everything[start::2])
+               for name in nab.profiles}
+        for half, start in (("odd", 1), ("even", 0))
+    }
+    return Scored(swept, configured, categories, halves, sum(len(o) for o in at_configured))
 
 
 # -- running a candidate -------------------------------------------------------------------
@@ -271,11 +279,14 @@ class Candidate:
 
 
 # The likelihood alone, over 10 readings (the first recipe tried).
-_PLAIN = likelihood.LikelihoodParams(window=10, range_tail=1.0, day_bins=0)
+_PLAIN = likelihood.LikelihoodParams(
+    window=10, range_tail=1.0, day_bins=0, level_window=0, quiet_tail=False
+)
 _RANGE = replace(_PLAIN, range_tail=likelihood.LikelihoodParams().range_tail)
+_PROFILE = replace(_RANGE, window=15, day_bins=likelihood.LikelihoodParams().day_bins)
 # What the server does with its default settings and the bundled card's threshold.
 RECOMMENDED = Candidate(
-    "likelihood + range + day profile, gap factor 100 (the server's defaults)",
+    "likelihood + range + day profile + level + quiet tail (the server's defaults)",
     likelihood.LikelihoodParams.of(Settings().scoring),
     gap_policy=Settings().time.gap_policy,
     gap_factor=Settings().time.gap_factor,
@@ -290,14 +301,21 @@ CANDIDATES = [
     Candidate("likelihood + range (margin 0.02)", _RANGE),
     Candidate("likelihood + range, gap policy ignore", _RANGE, gap_policy="ignore"),
     Candidate("likelihood + range, gap factor 100", _RANGE, gap_factor=100.0),
-    Candidate("likelihood + range + day profile (window 15 from here on)",
-              likelihood.LikelihoodParams()),
+    Candidate("likelihood + range + day profile (window 15 from here on)", _PROFILE),
+    Candidate("likelihood + range + day profile, gap factor 100", _PROFILE, gap_factor=100.0),
+    Candidate("... + quiet tail", replace(_PROFILE, quiet_tail=True), gap_factor=100.0),
+    Candidate("... + level test over 30 values", replace(_PROFILE, level_window=30),
+              gap_factor=100.0),
     RECOMMENDED,
     replace(RECOMMENDED, name="... threshold 1 - 10^-4.5", q_configured=4.5),
     replace(RECOMMENDED, name="... threshold 1 - 10^-6", q_configured=6.0),
     replace(RECOMMENDED, name="... gap policy ignore", gap_policy="ignore", gap_factor=10.0),
     replace(RECOMMENDED, name="... no range rule",
             likelihood=likelihood.LikelihoodParams(range_tail=1.0)),
+    replace(RECOMMENDED, name="... level over 20 values",
+            likelihood=likelihood.LikelihoodParams(level_window=20)),
+    replace(RECOMMENDED, name="... level over 50 values",
+            likelihood=likelihood.LikelihoodParams(level_window=50)),
     replace(RECOMMENDED, name="... profile alpha 0.02",
             likelihood=likelihood.LikelihoodParams(day_alpha=0.02)),
     replace(RECOMMENDED, name="... profile of 48 bins",
@@ -366,8 +384,8 @@ def main(argv: list[str]) -> int:
     chosen = [c for c in CANDIDATES if args.only is None or args.only in c.name]
     rows = []
     print("| candidate | swept: standard / low FP / low FN (at q) | configured q | "
-          "standard / low FP / low FN | alerts |")
-    print("|---|---|---|---|---|")
+          "standard / low FP / low FN | odd files | even files | alerts |")
+    print("|---|---|---|---|---|---|---|")
     for c in chosen:
         started = time.perf_counter()
         arrays = cached_replay(files, args.model, c.gap_policy, c.gap_factor, args.cache)
@@ -376,7 +394,10 @@ def main(argv: list[str]) -> int:
         result = judge(scores, arrays, nab, c.alerts, q)
         swept = " / ".join(f"{s:.1f} ({q:g})" for q, s in result.swept.values())
         configured = " / ".join(f"{s:.1f}" for s in result.configured.values())
-        print(f"| {c.name} | {swept} | {q:.2f} | {configured} | {result.alerts} |", flush=True)
+        odd, even = (" / ".join(f"{s:.1f}" for s in result.halves[h].values())
+                     for h in ("odd", "even"))
+        print(f"| {c.name} | {swept} | {q:.2f} | {configured} | {odd} | {even} | "
+              f"{result.alerts} |", flush=True)
         print(f"  ({time.perf_counter() - started:.1f} s)", file=sys.stderr)
         rows.append({"candidate": asdict(c), "result": asdict(result)})
         if c == RECOMMENDED:
