@@ -180,13 +180,8 @@ def _replayed(file: NabFile, outcomes: Sequence[Result | StreamwatchError]) -> R
 def alert_openings(
     replayed: Sequence[Replayed], thresholds: np.ndarray, params: scoring.AlertParams
 ) -> list[list[np.ndarray]]:
-    """Where alerts open at each threshold: [file][threshold] -> reading indices.
-
-    Runs `service.scoring.update_alerts`, the server's rule, over the engine's scores with
-    every (file, threshold) pair as one row; readings the engine did not step are skipped.
-    """
-    n_files, n_thr = len(replayed), len(thresholds)
-    length = max(len(r.score) for r in replayed)
+    """Where alerts open at each threshold: [file][threshold] -> reading indices."""
+    n_files, length = len(replayed), max(len(r.score) for r in replayed)
     score = np.zeros((n_files, length))
     may_alert = np.zeros((n_files, length), bool)
     applied = np.zeros((n_files, length), bool)
@@ -194,6 +189,24 @@ def alert_openings(
         score[i, : len(r.score)] = r.score
         may_alert[i, : len(r.score)] = r.may_alert
         applied[i, : len(r.score)] = r.applied
+    return openings(score, may_alert, applied, thresholds, params)
+
+
+def openings(
+    score: np.ndarray,
+    may_alert: np.ndarray,
+    applied: np.ndarray,
+    thresholds: np.ndarray,
+    params: scoring.AlertParams,
+) -> list[list[np.ndarray]]:
+    """Where alerts open at each threshold: [file][threshold] -> reading indices.
+
+    score, may_alert, applied: (files, time). Runs `service.scoring.update_alerts`, the
+    server's rule, with every (file, threshold) pair as one row, one time index at a time;
+    readings the engine did not step (`applied` false) are skipped.
+    """
+    n_files, length = score.shape
+    n_thr = len(thresholds)
     rows = n_files * n_thr
     threshold = np.tile(np.asarray(thresholds, np.float64), n_files)  # (rows,) file-major
     open_hits, hold_hits = np.zeros(rows, np.uint32), np.zeros(rows, np.uint32)

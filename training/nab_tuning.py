@@ -30,7 +30,7 @@ from service.model import Calibration
 from service.registry import ModelRegistry
 from service.settings import Settings
 from training.nab import NabFile, Profile, load_corpus, load_profiles
-from training.nab_replay import replay_corpus
+from training.nab_replay import openings, replay_corpus
 from training.nab_scoring import _prepare, score_corpus
 
 # Thresholds tried, as q in 1 - 10^-q: 0.05 decades apart from 1 - 10^-1.5 to 1 - 10^-9.
@@ -155,34 +155,10 @@ def alert_openings(
 ) -> list[list[np.ndarray]]:
     """Where the server's alert rule opens alerts: [threshold][file] -> reading indices.
 
-    scores: (files, time). Every (threshold, file) pair is one row of
-    `service.scoring.update_alerts`, stepped one time index at a time.
+    scores: (files, time); see `training.nab_replay.openings`.
     """
-    n_files, length = scores.shape
-    n_thr = len(thresholds)
-    rows = n_thr * n_files
-    threshold = np.repeat(np.asarray(thresholds, np.float64), n_files)  # (rows,) threshold-major
-    open_hits, hold_hits = np.zeros(rows, np.uint32), np.zeros(rows, np.uint32)
-    is_open, cooldown = np.zeros(rows, bool), np.zeros(rows, np.int32)
-    opened_at: list[tuple[int, np.ndarray]] = []
-    for t in range(length):
-        step = np.tile(arrays.applied[:, t], n_thr)
-        u = scoring.update_alerts(
-            np.tile(scores[:, t], n_thr), threshold, np.tile(arrays.may_alert[:, t], n_thr),
-            open_hits, hold_hits, is_open, cooldown, params,
-        )
-        open_hits = np.where(step, u.open_hits, open_hits)
-        hold_hits = np.where(step, u.hold_hits, hold_hits)
-        is_open = np.where(step, u.is_open, is_open)
-        cooldown = np.where(step, u.cooldown, cooldown)
-        opened = np.flatnonzero(u.opened & step)
-        if opened.size:
-            opened_at.append((t, opened))
-    found: list[list[list[int]]] = [[[] for _ in range(n_files)] for _ in range(n_thr)]
-    for t, opened in opened_at:
-        for row in opened.tolist():
-            found[row // n_files][row % n_files].append(t)
-    return [[np.array(ts, np.int64) for ts in per_thr] for per_thr in found]
+    by_file = openings(scores, arrays.may_alert, arrays.applied, thresholds, params)
+    return [list(per_threshold) for per_threshold in zip(*by_file, strict=True)]
 
 
 def judge(
