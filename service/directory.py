@@ -7,6 +7,7 @@ every model at once. It knows nothing of queues or rounds: that is the engine's 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 from service import likelihood
@@ -45,17 +46,23 @@ class StreamDirectory:
             name: Stepper(name, model, _new_arena(model.card, settings), settings)
             for name, model in registry.models.items()
         }
-        self._bound: dict[str, str] = {}  # stream_id -> model name
         self._channels = {name: model.card.n_channels for name, model in registry.models.items()}
 
     def __contains__(self, stream_id: str) -> bool:
-        return stream_id in self._bound
+        return self.model_of(stream_id) is not None
 
     def model_of(self, stream_id: str) -> str | None:
-        return self._bound.get(stream_id)
+        """The model a stream is bound to: the one whose arena holds it (a model or a few,
+        so asking each is cheaper than a second map from every stream to its model)."""
+        for name, stepper in self.steppers.items():
+            if stream_id in stepper.arena:
+                return name
+        return None
 
     def sorted_ids(self) -> list[str]:
-        return sorted(self._bound)
+        return sorted(
+            itertools.chain.from_iterable(s.arena.stream_ids() for s in self.steppers.values())
+        )
 
     def route(
         self,
@@ -68,7 +75,7 @@ class StreamDirectory:
         A reading that cannot be bound gets its error in `outcomes` and in `unbound`.
         """
         by_model: dict[str, Routed] = {}
-        steppers, bound, channels = self.steppers, self._bound, self._channels
+        steppers, channels = self.steppers, self._channels
         # With one model, its arena's slot map tells both whether a stream is bound and where:
         # one lookup per reading instead of two (on 100k streams each is a cache miss).
         only = next(iter(steppers)) if len(steppers) == 1 else None
@@ -79,7 +86,7 @@ class StreamDirectory:
             if only_slot is not None:
                 name, slot = only, only_slot(stream_id)
             else:
-                name = bound.get(stream_id)
+                name = self.model_of(stream_id)
                 slot = None if name is None else steppers[name].arena.slot_of(stream_id)
             if (
                 name is None
@@ -104,7 +111,7 @@ class StreamDirectory:
 
     def bind(self, reading: Reading) -> str:
         """The model this reading's stream is bound to, binding a new stream if valid."""
-        bound = self._bound.get(reading.stream_id)
+        bound = self.model_of(reading.stream_id)
         if bound is not None:
             if reading.model is not None and reading.model != bound:
                 raise ModelMismatchError(
@@ -121,12 +128,14 @@ class StreamDirectory:
             )
         if bound is None:
             self.steppers[name].bind(reading.stream_id)
-            self._bound[reading.stream_id] = name
         return name
 
     def release(self, stream_id: str) -> list[tuple[str, Alert]]:
         """Drop a bound stream; the events of closing its open alert, if it had one."""
-        return self.steppers[self._bound.pop(stream_id)].release(stream_id)
+        name = self.model_of(stream_id)
+        if name is None:
+            raise KeyError(stream_id)
+        return self.steppers[name].release(stream_id)
 
     def snapshot(self) -> list[StateCopy]:
         """Copies of every model's streams, all of one instant."""
@@ -145,11 +154,6 @@ class StreamDirectory:
                     raise ValueError(f"stream {stream_id!r} is in two models' state")
         for batch in batches:
             self.steppers[batch.model].restore(batch)
-        self._bound = {
-            stream_id: name
-            for name, stepper in self.steppers.items()
-            for stream_id in stepper.arena.stream_ids()
-        }
 
     def adopt(self, batches: Sequence[StreamBatch], absent: Sequence[str] = ()) -> None:
         """Take stored state for some streams, binding each to its batch's model; those
@@ -159,20 +163,18 @@ class StreamDirectory:
             stepper, keep = self.steppers[batch.model], []
             for j, stream_id in enumerate(batch.stream_ids):
                 stored.add(stream_id)
-                bound = self._bound.get(stream_id)
+                bound = self.model_of(stream_id)
                 if bound != batch.model:
                     if bound is not None:
                         self.steppers[bound].release(stream_id)
-                        del self._bound[stream_id]
                     try:
                         stepper.bind(stream_id)
                     except CapacityError:
                         continue  # its reading will be refused the same way
-                    self._bound[stream_id] = batch.model
                 keep.append(j)
             stepper.adopt(batch if len(keep) == len(batch.stream_ids) else batch.subset(keep))
         for stream_id in absent:
-            if stream_id not in stored and (bound := self._bound.pop(stream_id, None)):
+            if stream_id not in stored and (bound := self.model_of(stream_id)):
                 self.steppers[bound].release(stream_id)
 
     def open_alert_ids(self) -> set[str]:
