@@ -27,10 +27,11 @@ import numpy as np
 
 from benchmarks._common import SERVER_CPU, Figure, default_models_dir, pin, print_figures
 from service.alerts import Alert
-from service.engine import Engine, SharedState, arena_layout
+from service.directory import arena_layout
+from service.engine import Engine, SharedState
 from service.registry import ModelRegistry
+from service.results import Reading
 from service.settings import Settings
-from service.stepper import Reading
 from service.store.snapshot import Snapshot, read_snapshot, restore_snapshot, write_snapshot
 from service.store.sqlite import SqliteAlertLog
 

@@ -70,8 +70,8 @@ async def _engine_rate(settings: object, streams: int, duration_s: float
                        ) -> dict[str, float]:
     from service.engine import Engine
     from service.registry import ModelRegistry
+    from service.results import Reading
     from service.settings import Settings
-    from service.stepper import Reading
 
     assert isinstance(settings, Settings)
     registry = ModelRegistry.load(settings.model)

@@ -52,8 +52,8 @@ def run(models_dir: Path, counts: tuple[int, ...] = (100_000, 1_000_000)) -> lis
 async def _child(models_dir: Path, streams: int) -> dict[str, float]:
     from service.engine import Engine
     from service.registry import ModelRegistry
+    from service.results import Reading
     from service.settings import Settings
-    from service.stepper import Reading
 
     settings = Settings(model={"dir": models_dir},
                         data_dir=Path(tempfile.mkdtemp(prefix="swbench-")),

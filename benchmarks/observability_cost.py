@@ -74,8 +74,8 @@ async def _engine_rates(models_dir: Path, duration_s: float) -> dict[str, float]
     from service.engine import Engine
     from service.metrics import Metrics
     from service.registry import ModelRegistry
+    from service.results import Reading
     from service.settings import Settings
-    from service.stepper import Reading
 
     settings = Settings(model={"dir": models_dir}, engine={"max_batch": BATCH},  # type: ignore[arg-type]
                         state={"initial_capacity": STREAMS})

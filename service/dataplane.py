@@ -11,8 +11,8 @@ from typing import Any
 from service.engine import Engine
 from service.errors import StreamwatchError
 from service.parsing import Failed, Parsed, error_result_json
+from service.results import Outcome, Reading, Result
 from service.schemas import iso_many, result_json
-from service.stepper import Outcome, Reading, Result
 
 Entry = Result | Failed
 

@@ -15,9 +15,11 @@ from service.alerts import Alert
 from service.errors import CapacityError, InvalidReadingError, ModelMismatchError, StreamwatchError
 from service.model import ModelCard
 from service.registry import ModelRegistry
+from service.results import Outcome, Reading
 from service.settings import Settings
 from service.state import ArenaLayout, StateArena
-from service.stepper import Outcome, Reading, StateCopy, Stepper, StreamBatch
+from service.stepper import Stepper
+from service.stream_batch import StateCopy, StreamBatch
 
 Routed = tuple[list[int], list[int]]  # a model's share of a round: rows, and their slots
 

@@ -23,7 +23,6 @@ import numpy as np
 
 from service.alerts import Alert
 from service.directory import StreamDirectory
-from service.directory import arena_layout as arena_layout  # where callers have found it
 from service.errors import (
     CapacityError,
     RoundFailedError,
@@ -33,8 +32,10 @@ from service.errors import (
     UnknownStreamError,
 )
 from service.registry import ModelRegistry
+from service.results import Outcome, Reading
 from service.settings import Settings
-from service.stepper import Outcome, Reading, StateCopy, Stepper, StreamBatch, StreamInfo
+from service.stepper import Stepper, StreamInfo
+from service.stream_batch import StateCopy, StreamBatch
 
 log = logging.getLogger(__name__)
 

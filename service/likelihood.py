@@ -1,7 +1,8 @@
 """Surprise -> anomaly likelihood score in [0, 1], vectorized over a batch of streams.
 
-An alternative to `service.scoring.score`, after Numenta's anomaly likelihood (Ahmad et al.
-2017), tuned on NAB (`training.nab_tuning`). Per stream, with state in fixed-size arrays:
+The server's score (the stepper calls `step` once a round), after Numenta's anomaly
+likelihood (Ahmad et al. 2017), its defaults tuned on NAB (`training.nab_tuning`). Per stream,
+with state in fixed-size arrays kept in the arena:
 
 1. Two surprises per reading, each about Exp(1) when nothing is wrong: the forecast's
    (`service.scoring.surprise`), and the time-of-day profile's: the stream keeps the mean

@@ -22,7 +22,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from service.alerts import Alert
 from service.errors import StreamwatchError
-from service.stepper import Outcome, Result
+from service.results import Outcome, Result
 
 if TYPE_CHECKING:
     from service.alerts import AlertBus

@@ -23,9 +23,9 @@ from pydantic import TypeAdapter, ValidationError
 
 from service.alerts import iso
 from service.errors import InvalidReadingError, LimitExceededError, StreamwatchError
+from service.results import Reading
 from service.schemas import STREAM_ID_PATTERN, ReadingIn, StreamReadingIn, Timestamp, problem
 from service.settings import LimitSettings
-from service.stepper import Reading
 
 _STREAM_ID = re.compile(STREAM_ID_PATTERN)
 

@@ -21,9 +21,9 @@ from service.engine import Engine
 from service.errors import StreamwatchError
 from service.model import Forecaster
 from service.registry import ModelRegistry
+from service.results import Outcome, Reading, Result
 from service.series import DataError, load_csv
 from service.settings import Settings
-from service.stepper import Outcome, Reading, Result
 
 
 def readings_of(

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.alerts import iso
 from service.errors import StreamwatchError
-from service.stepper import Result
+from service.results import Result
 
 STREAM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$"
 

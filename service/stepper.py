@@ -32,18 +32,11 @@ from service.results import (
     AlertRef,
     Outcome,
     Reading,
-    Result,
     results_of,
 )
 from service.settings import Settings
 from service.state import ArenaSnapshot, StateArena, state_of
 from service.stream_batch import StateCopy, StreamBatch
-
-# A round's records and the persisted form are re-exported: callers import them from here.
-__all__ = [
-    "AlertRef", "Outcome", "Reading", "Result", "StateCopy", "StepOutcome", "Stepper",
-    "StreamBatch", "StreamInfo",
-]
 
 _INTERVAL_ALPHA = 0.1  # how fast a stream's typical interval follows its recent ones
 _V = TypeVar("_V")

@@ -14,9 +14,9 @@ import pytest
 import redis
 
 from service.alerts import Alert
+from service.results import Reading, Result
 from service.schemas import result_json
 from service.settings import Settings
-from service.stepper import Reading, Result
 from tests.conftest import make_settings, running_engine, sine
 
 T0, DT = 1_700_000_000.0, 60.0  # the first reading's timestamp, and the spacing of readings

@@ -18,7 +18,7 @@ from service.errors import (
     OutOfOrderError,
     UnknownModelError,
 )
-from service.stepper import Reading, Result
+from service.results import Reading, Result
 from tests.conftest import MODELS_DIR, make_settings, running_engine, sine, stream_state
 
 pytestmark = pytest.mark.anyio

@@ -23,8 +23,8 @@ from service import dataplane
 from service.engine import Engine
 from service.parsing import Failed, parse_items
 from service.registry import ModelRegistry
+from service.results import Result
 from service.settings import Settings
-from service.stepper import Result
 from tests.conftest import make_settings
 
 STREAMS = ("a", "b", "c")

@@ -17,7 +17,7 @@ from starlette.websockets import WebSocketDisconnect
 from service.alerts import AlertFilter
 from service.app import create_app
 from service.errors import CapacityError
-from service.stepper import Reading
+from service.results import Reading
 from tests.conftest import make_settings, running_engine
 
 PROBLEM = "application/problem+json"

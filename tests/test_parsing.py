@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from service.errors import InvalidReadingError
 from service.parsing import Failed, _uniform, _validated, parse_items
+from service.results import Reading
 from service.settings import LimitSettings
-from service.stepper import Reading
 
 LIMITS = LimitSettings()
 

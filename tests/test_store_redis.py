@@ -15,11 +15,12 @@ from fastapi.testclient import TestClient
 
 from service.alerts import Alert
 from service.app import create_app
-from service.engine import Engine, arena_layout
+from service.directory import arena_layout
+from service.engine import Engine
 from service.errors import StoreUnavailableError
 from service.registry import ModelRegistry
+from service.results import Reading, Result
 from service.settings import Settings
-from service.stepper import Reading, Result
 from service.store import open_store
 from service.store.redis import RecordFormat, RedisState
 from tests.conftest import stream_state

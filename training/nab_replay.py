@@ -32,8 +32,8 @@ from service import scoring
 from service.errors import StreamwatchError
 from service.registry import ModelRegistry
 from service.replay import readings_of, replay
+from service.results import Reading, Result
 from service.settings import Settings
-from service.stepper import Reading, Result
 from training.nab import NabFile, Profile
 from training.nab_scoring import (
     CorpusScore,

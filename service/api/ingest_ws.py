@@ -20,8 +20,8 @@ from service import dataplane
 from service.api.deps import Ingest, IngestDep, frame_admission
 from service.errors import InvalidReadingError, StreamwatchError
 from service.parsing import Parsed, decode_json, parse_items
+from service.results import Outcome
 from service.schemas import problem
-from service.stepper import Outcome
 
 router = APIRouter(tags=["readings"])
 

@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 from service.alerts import MemoryAlertLog
-from service.engine import arena_layout
+from service.directory import arena_layout
 from service.registry import ModelRegistry
 from service.settings import Settings
 from service.store.base import RestoreReport, Store

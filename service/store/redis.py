@@ -28,10 +28,11 @@ import redis
 from service.alerts import Alert, AlertEvent, AlertLog, AlertQuery, EventKind
 from service.engine import Engine
 from service.errors import StoreUnavailableError
+from service.results import AlertRef
 from service.settings import StoreSettings
-from service.stepper import AlertRef, StreamBatch
 from service.store._codec import alert_from_dict, alert_from_json, alert_to_json
 from service.store.base import RestoreReport
+from service.stream_batch import StreamBatch
 
 log = logging.getLogger(__name__)
 

@@ -30,9 +30,10 @@ import orjson
 from service.alerts import Alert
 from service.engine import Engine
 from service.registry import ModelRegistry
-from service.stepper import AlertRef, StateCopy, StreamBatch
+from service.results import AlertRef
 from service.store._codec import alert_from_dict
 from service.store.base import RestoreReport
+from service.stream_batch import StateCopy, StreamBatch
 
 log = logging.getLogger(__name__)
 
