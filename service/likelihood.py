@@ -64,7 +64,7 @@ _DAY_MIN_COUNT = 3  # values a time-of-day bin needs before it judges one
 # matters until the bin forgets, at 1 / day_alpha values, so day_alpha is at least 1 / 255.
 DAY_COUNT_MAX = 255
 # A surprise beyond this counts as this: past it every reading is equally damning, and an
-# unbounded one could overflow the float32 averages and poison a stream's state for good.
+# unbounded one could overflow the float16 ring of surprises and poison a stream for good.
 MAX_SURPRISE = 1000.0
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -110,18 +110,20 @@ class LikelihoodParams:
 
 @dataclass(frozen=True)
 class LikelihoodState:
-    recent: np.ndarray  # (batch, signals, window) float32 the last surprises, newest last
-    filled: np.ndarray  # (batch,) int32 readings in `recent`, at most window
-    count: np.ndarray  # (batch,) int64 readings learned
-    mean: np.ndarray  # (batch, judged) float64 distribution of each average, and the level's
-    var: np.ndarray  # (batch, judged) float64
+    # Statistics of surprises are kept at the precision they need (a float16 surprise is good
+    # to 0.1%), so that a stream stays under 1 KiB; values keep float64.
+    recent: np.ndarray  # (batch, signals, window) float16 the last surprises, newest last
+    filled: np.ndarray  # (batch,) uint16 readings in `recent`, at most window
+    count: np.ndarray  # (batch,) int32 readings learned
+    mean: np.ndarray  # (batch, judged) float32 distribution of each average, and the level's
+    var: np.ndarray  # (batch, judged) float32
     low: np.ndarray  # (batch, channels) float64 lowest value seen; +inf before any
     high: np.ndarray  # (batch, channels) float64 highest value seen; -inf before any
     day_mean: np.ndarray  # (batch, day_bins, channels) float32 the time-of-day profile
     day_var: np.ndarray  # (batch, day_bins, channels) float32
     day_count: np.ndarray  # (batch, day_bins, channels) uint8 values seen in each bin, capped
     level_values: np.ndarray  # (batch, channels, level_window) float32 last values, a ring
-    level_count: np.ndarray  # (batch, channels) int64 values seen; the ring's next is % window
+    level_count: np.ndarray  # (batch, channels) int32 values seen; the ring's next is % window
     level_mean: np.ndarray  # (batch, channels) float64 long-run mean of the values
     level_var: np.ndarray  # (batch, channels) float64
 
@@ -143,18 +145,18 @@ def fields(
     inf, k, day = float("inf"), params.signals, (params.day_bins, channels)
     ring = (channels, max(params.level_window, 1))  # a field of size 0 does not pack
     return {
-        "recent": ((k, params.window), np.float32, 0.0),
-        "filled": ((), np.int32, 0),
-        "count": ((), np.int64, 0),
-        "mean": ((params.judged,), np.float64, 0.0),
-        "var": ((params.judged,), np.float64, 0.0),
+        "recent": ((k, params.window), np.float16, 0.0),
+        "filled": ((), np.uint16, 0),
+        "count": ((), np.int32, 0),
+        "mean": ((params.judged,), np.float32, 0.0),
+        "var": ((params.judged,), np.float32, 0.0),
         "low": ((channels,), np.float64, inf),
         "high": ((channels,), np.float64, -inf),
         "day_mean": (day, np.float32, 0.0),
         "day_var": (day, np.float32, 0.0),
         "day_count": (day, np.uint8, 0),
         "level_values": (ring, np.float32, 0.0),
-        "level_count": ((channels,), np.int64, 0),
+        "level_count": ((channels,), np.int32, 0),
         "level_mean": ((channels,), np.float64, 0.0),
         "level_var": ((channels,), np.float64, 0.0),
     }
@@ -233,7 +235,7 @@ def step(
         score=score,
         state=LikelihoodState(
             recent=recent,
-            filled=np.where(scorable, filled, state.filled).astype(np.int32),
+            filled=np.where(scorable, filled, state.filled).astype(state.filled.dtype),
             count=np.where(learning, count, state.count),
             mean=np.where(learning[:, None], mean, state.mean),
             var=np.where(learning[:, None], var, state.var),

@@ -45,7 +45,7 @@ class ArenaLayout:
         recurrent = (self.num_layers, self.hidden_size)
         return {
             **{f"state_{name}": (recurrent, np.float32, 0.0) for name in self.state_names},
-            "count": ((), np.int64, 0),  # readings applied since the stream (re)started
+            "count": ((), np.int32, 0),  # readings applied since the stream (re)started
             "seen": ((), np.int64, 0),  # readings applied in all
             "mean": (f, np.float64, 0.0),  # per-stream normalization
             "var": (f, np.float64, 0.0),
