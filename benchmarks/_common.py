@@ -273,6 +273,33 @@ def wrk(url: str, script: Path, *, duration_s: float, connections: int, threads:
     )
 
 
+def wrk_on_server(
+    command: Sequence[str],
+    port: int,
+    env: dict[str, str] | None,
+    script: Path,
+    *,
+    duration_s: float,
+    warmup_s: float,
+    connections: int,
+    threads: int = 1,
+    load_env: dict[str, str] | None = None,
+    stream_id: str,
+) -> tuple[WrkResult, int, float]:
+    """Start the server, warm it up with `script`, then measure: wrk's result, how many
+    readings `stream_id` had applied (0 on the trivial app), and the server's CPU use over the
+    run (1.0: its core was saturated). The warm-up writes to streams prefixed `warm`."""
+    load = load_env or {}
+    with running(command, port, env) as server:
+        wrk(server.url, script, duration_s=warmup_s, connections=connections, threads=threads,
+            env={**load, "SW_PREFIX": "warm"})
+        cpu = server.cpu_s()
+        result = wrk(server.url, script, duration_s=duration_s, connections=connections,
+                     threads=threads, env=load)
+        busy = (server.cpu_s() - cpu) / result.duration_s
+        return result, stream_readings(server.url, stream_id), busy
+
+
 def write_json(path: Path, payload: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2) + "\n")

@@ -17,13 +17,11 @@ from benchmarks._common import (
     Figure,
     WrkResult,
     free_port,
-    running,
     script_main,
-    stream_readings,
     streamwatch_command,
     streamwatch_env,
     trivial_command,
-    wrk,
+    wrk_on_server,
 )
 
 BATCH = 1000
@@ -33,17 +31,12 @@ SCRIPT = BENCH / "lua" / "batch.lua"
 
 def measure(command: list[str], port: int, env: dict[str, str] | None, duration_s: float,
             warmup_s: float = 2.0) -> tuple[WrkResult, int, float]:
-    """wrk's result, how many readings stream b0-0 had applied (0 on the trivial app), and the
-    server's CPU use over the run (1.0: its core was saturated)."""
-    load = {"SW_BATCH": str(BATCH)}
-    with running(command, port, env) as server:
-        wrk(server.url, SCRIPT, duration_s=warmup_s, connections=CONNECTIONS,
-            threads=CONNECTIONS, env={**load, "SW_PREFIX": "warm"})
-        cpu = server.cpu_s()
-        result = wrk(server.url, SCRIPT, duration_s=duration_s, connections=CONNECTIONS,
-                     threads=CONNECTIONS, env=load)
-        busy = (server.cpu_s() - cpu) / result.duration_s
-        return result, stream_readings(server.url, "b0-0"), busy
+    """See `wrk_on_server`; the stream counted is b0-0."""
+    return wrk_on_server(
+        command, port, env, SCRIPT, duration_s=duration_s, warmup_s=warmup_s,
+        connections=CONNECTIONS, threads=CONNECTIONS, load_env={"SW_BATCH": str(BATCH)},
+        stream_id="b0-0",
+    )
 
 
 def run(models_dir: Path, duration_s: float = 10.0) -> list[Figure]:

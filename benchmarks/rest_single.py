@@ -17,13 +17,11 @@ from benchmarks._common import (
     Figure,
     WrkResult,
     free_port,
-    running,
     script_main,
-    stream_readings,
     streamwatch_command,
     streamwatch_env,
     trivial_command,
-    wrk,
+    wrk_on_server,
 )
 
 CONNECTIONS = 64
@@ -33,16 +31,11 @@ SCRIPT = BENCH / "lua" / "single.lua"
 
 def measure(command: list[str], port: int, env: dict[str, str] | None, duration_s: float,
             warmup_s: float = 2.0) -> tuple[WrkResult, int, float]:
-    """wrk's result, how many readings stream bench-0 had applied (0 on the trivial app), and
-    the server's CPU use over the run (1.0: its core was saturated)."""
-    with running(command, port, env) as server:
-        wrk(server.url, SCRIPT, duration_s=warmup_s, connections=CONNECTIONS,
-            env={"SW_STREAMS": str(STREAMS), "SW_PREFIX": "warm"})
-        cpu = server.cpu_s()
-        result = wrk(server.url, SCRIPT, duration_s=duration_s, connections=CONNECTIONS,
-                     env={"SW_STREAMS": str(STREAMS)})
-        busy = (server.cpu_s() - cpu) / result.duration_s
-        return result, stream_readings(server.url, "bench-0"), busy
+    """See `wrk_on_server`; the stream counted is bench-0."""
+    return wrk_on_server(
+        command, port, env, SCRIPT, duration_s=duration_s, warmup_s=warmup_s,
+        connections=CONNECTIONS, load_env={"SW_STREAMS": str(STREAMS)}, stream_id="bench-0",
+    )
 
 
 def run(models_dir: Path, duration_s: float = 10.0) -> list[Figure]:
