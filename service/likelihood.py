@@ -19,7 +19,9 @@ with state in fixed-size arrays kept in the arena:
    of it, a Gaussian whose mean and variance are averaged exactly over the first `horizon`
    learned readings and then forget with weight 1 / horizon: p_k = P(N(mean_k, var_k) >=
    average_k). With `quiet_tail` the forecast's average is also judged from below: a stream
-   gone flat or silent is forecast too well.
+   gone flat or silent is forecast too well. Once a stream scores, what it learns is clipped
+   to `learn_clip` sd of the distribution, so that an incident leaves it far less deaf to
+   the next anomaly.
 5. A reading beyond the range of values the stream has shown, by more than `range_margin`
    of that range, is improbable on its own: p_range = `range_tail`. Forecasters trained on
    normal data miss the first level never seen before by less than its size.
@@ -81,6 +83,7 @@ class LikelihoodParams:
     day_alpha: float = 0.05  # weight of a new value in its bin, once the bin has 1 / alpha
     level_window: int = 30  # values whose mean the level test compares (0: no level test)
     quiet_tail: bool = True  # also judge the forecast's average from below
+    learn_clip: float = 8.0  # a scoring stream learns its statistics clipped to this many sd
 
     def __post_init__(self) -> None:
         if self.day_bins and self.day_alpha * DAY_COUNT_MAX < 1.0:
@@ -227,7 +230,7 @@ def step(
     score = np.where(settled, 0.0 - np.expm1(log_p), 0.0)
 
     learning = scorable & learn
-    count, mean, var = _learn(average, state, params)
+    count, mean, var = _learn(average, state, settled, params)
     seen = np.where(observed, x, np.nan)
     if not scorable.all():  # rarely: rows without a forecast keep their last surprises
         recent[~scorable] = state.recent[~scorable]
@@ -376,10 +379,20 @@ def _learn_profile(
 
 
 def _learn(
-    average: np.ndarray, state: LikelihoodState, params: LikelihoodParams
+    average: np.ndarray, state: LikelihoodState, settled: np.ndarray, params: LikelihoodParams
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Fold each row's averages (batch, signals) into its (count, mean, var): exact, then
-    forgetting."""
+    """Fold each row's statistics (batch, judged) into its (count, mean, var): exact, then
+    forgetting.
+
+    Once a row is `settled`, a statistic further than `learn_clip` sd from its mean is learned
+    as if it were that far: a reading can widen the distribution by at most a factor of
+    1 + learn_clip^2 / horizon. Unclipped, one large incident widens it so far that later
+    anomalies of the stream go unheard for thousands of readings.
+    """
+    if params.learn_clip:
+        limit = params.learn_clip * np.sqrt(np.maximum(state.var, params.min_var))
+        clipped = np.clip(average, state.mean - limit, state.mean + limit)
+        average = np.where(settled[:, None], clipped, average)
     exact = (state.count < params.horizon)[:, None]
     n = state.count + 1
     weight = np.where(exact, 1.0 / n[:, None], 1.0 / params.horizon)

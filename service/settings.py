@@ -90,6 +90,9 @@ class ScoringSettings(_Group):
     quiet_tail: bool = Field(
         True, description="Also alert on a forecast surprise far below its usual (gone flat)."
     )
+    learn_clip: float = Field(
+        8.0, ge=0.0, description="What the score learns is clipped to this many sd; 0: off."
+    )
     thresholds: dict[str, float] = Field(
         default_factory=dict, description="Per-model threshold, overriding the card's."
     )

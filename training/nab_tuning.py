@@ -304,6 +304,11 @@ CANDIDATES = [
     replace(RECOMMENDED, name="... cooldown 50", alerts=scoring.AlertParams(cooldown=50)),
     replace(RECOMMENDED, name="... cooldown 200", alerts=scoring.AlertParams(cooldown=200)),
     replace(RECOMMENDED, name="... k=2 of m=3", alerts=scoring.AlertParams(k=2, m=3)),
+    *(
+        replace(RECOMMENDED, name=f"... learn clip {clip:g} sd",
+                likelihood=likelihood.LikelihoodParams(learn_clip=clip))
+        for clip in (0.0, 4.0, 12.0)
+    ),
 ]
 
 
