@@ -91,7 +91,7 @@ def run_nab(
         if not corpus:
             raise ValueError(f"no corpus file matches {files!r}")
     profiles = load_profiles(nab_dir)
-    settings = Settings(model={"dir": models_dir}) if models_dir else Settings()  # type: ignore[arg-type]
+    settings = Settings(model={"dir": models_dir}) if models_dir else Settings()
     registry = ModelRegistry.load(settings.model)
     registry.get(model)  # UnknownModelError names the models there are
     alert_params = scoring.AlertParams(

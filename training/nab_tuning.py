@@ -342,7 +342,7 @@ def cached_replay(
     path = cache / f"replay-{model}-{policy}-{factor:g}.npz" if cache else None
     if path is not None and path.is_file():
         return ReplayArrays.load(path)
-    settings = Settings(time={"gap_policy": policy, "gap_factor": factor})  # type: ignore[arg-type]
+    settings = Settings(time={"gap_policy": policy, "gap_factor": factor})
     arrays = replay_arrays(files, settings, model)
     if path is not None:
         arrays.save(path)
