@@ -74,9 +74,9 @@ _FLOAT32_MAX = float(np.finfo(np.float32).max)
 @dataclass(frozen=True)
 class LikelihoodParams:
     window: int = 15  # readings whose surprises are averaged
-    horizon: int = 2000  # readings the per-stream distribution of an average remembers
+    horizon: int = 4000  # readings the per-stream distribution of an average remembers
     settle: int = 20  # learned readings before a stream scores
-    min_var: float = 1e-3  # floor of that distribution's variance
+    min_var: float = 1e-2  # floor of that distribution's variance
     range_margin: float = 0.02  # fraction of the seen range a reading must exceed it by
     range_tail: float = 1e-12  # tail probability of a reading beyond the range (1: off)
     day_bins: int = 24  # bins of the time-of-day profile (0: no profile)

@@ -70,10 +70,10 @@ class NormalizationSettings(_Group):
 class ScoringSettings(_Group):
     window: int = Field(15, ge=1, le=512, description="Readings whose surprise is averaged.")
     horizon: int = Field(
-        2000, ge=2, description="Readings a stream's distribution of that average remembers."
+        4000, ge=2, description="Readings a stream's distribution of that average remembers."
     )
     settle: int = Field(20, ge=0, description="Readings learned after warm-up before scoring.")
-    min_var: float = Field(1e-3, gt=0.0, description="Floor of that distribution's variance.")
+    min_var: float = Field(1e-2, gt=0.0, description="Floor of that distribution's variance.")
     range_margin: float = Field(
         0.02, ge=0.0, description="A value beyond the seen range by this share of it ..."
     )
