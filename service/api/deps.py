@@ -111,25 +111,30 @@ AdminKey = Annotated[Principal, Depends(_caller("admin"))]
 
 @dataclass(frozen=True, slots=True)
 class Ingest:
-    """What a reading route needs, as one dependency: the engine, the limits, the caller."""
+    """What a reading route needs: the engine, the limits, the caller."""
 
     engine: Engine
     limits: LimitSettings
     caller: Principal
 
 
-async def _ingest(conn: HTTPConnection) -> Ingest:
-    # One dependency, not four (engine, settings, key, bearer): FastAPI spends ~10 us per
-    # dependency per request, a third of what a one-reading request costs on top of the
-    # framework. The bearer scheme is still declared on these routes: see INGEST_SECURITY.
+async def ingest_of(conn: HTTPConnection) -> Ingest:
+    """The engine, the limits and the admitted caller of a reading route.
+
+    The HTTP reading routes call this themselves instead of declaring it a dependency:
+    FastAPI's dependency resolution cost ~20 us of the ~160 us of CPU a one-reading request
+    took (`python -m benchmarks.edge_cost`). Their OpenAPI operations declare the bearer
+    scheme with INGEST_SECURITY. The WebSocket route, resolved once per connection, takes it
+    as `IngestDep`.
+    """
     state = conn.app.state
     credentials = None if state.keyring.open else await _bearer(conn)  # open: no key to read
     caller = await _admitted(conn, credentials, "ingest")
     return Ingest(state.engine, state.settings.limits, caller)
 
 
-IngestDep = Annotated[Ingest, Depends(_ingest)]
-# What the `credentials` sub-dependency would have put in the OpenAPI operation.
+IngestDep = Annotated[Ingest, Depends(ingest_of)]
+# What a `credentials` dependency would have put in a reading route's OpenAPI operation.
 INGEST_SECURITY: dict[str, Any] = {"security": [{"HTTPBearer": []}]}
 
 

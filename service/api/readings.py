@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from service import dataplane
-from service.api.deps import INGEST_SECURITY, IngestDep, JSONBytes, read_body
+from service.api.deps import INGEST_SECURITY, JSONBytes, ingest_of, read_body
 from service.errors import InvalidReadingError
 from service.parsing import Failed, decode_json, parse_items
 from service.schemas import ResultsOut
@@ -41,9 +41,10 @@ def _openapi(*names: str) -> dict[str, Any]:
     openapi_extra=_openapi("ReadingIn", "StreamReadingsIn"),
     summary="Send one reading, or several, of one stream",
 )
-async def post_stream_readings(stream_id: str, request: Request, ingest: IngestDep) -> JSONBytes:
+async def post_stream_readings(stream_id: str, request: Request) -> JSONBytes:
     """One reading answers with its own status code if it fails; several answer 200 with a
     status per reading."""
+    ingest = await ingest_of(request)
     body = decode_json(await read_body(request, ingest.limits.max_body_bytes))
     single = not (isinstance(body, dict) and "readings" in body)
     items = [body] if single else body["readings"]
@@ -62,8 +63,9 @@ async def post_stream_readings(stream_id: str, request: Request, ingest: IngestD
     openapi_extra=_openapi("BatchIn"),
     summary="Send a batch of readings across streams",
 )
-async def post_readings(request: Request, ingest: IngestDep) -> JSONBytes:
+async def post_readings(request: Request) -> JSONBytes:
     """Results in the order sent, each with its own status: one bad reading fails only itself."""
+    ingest = await ingest_of(request)
     body = decode_json(await read_body(request, ingest.limits.max_body_bytes))
     items = body.get("readings") if isinstance(body, dict) else None
     if not isinstance(items, list):
