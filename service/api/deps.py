@@ -122,7 +122,7 @@ async def ingest_of(conn: HTTPConnection) -> Ingest:
     """The engine, the limits and the admitted caller of a reading route.
 
     The HTTP reading routes call this themselves instead of declaring it a dependency:
-    FastAPI's dependency resolution cost ~20 us of the ~160 us of CPU a one-reading request
+    FastAPI's dependency resolution cost ~13 us of the ~170 us of CPU a one-reading request
     took (`python -m benchmarks.edge_cost`). Their OpenAPI operations declare the bearer
     scheme with INGEST_SECURITY. The WebSocket route, resolved once per connection, takes it
     as `IngestDep`.
