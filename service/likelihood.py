@@ -71,19 +71,23 @@ MAX_SURPRISE = 1000.0
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
+# The server's defaults (a plain model: no environment is read), so that the values live once.
+_DEFAULT = ScoringSettings()
+
+
 @dataclass(frozen=True)
 class LikelihoodParams:
-    window: int = 15  # readings whose surprises are averaged
-    horizon: int = 4000  # readings the per-stream distribution of an average remembers
-    settle: int = 20  # learned readings before a stream scores
-    min_var: float = 1e-2  # floor of that distribution's variance
-    range_margin: float = 0.02  # fraction of the seen range a reading must exceed it by
-    range_tail: float = 1e-12  # tail probability of a reading beyond the range (1: off)
-    day_bins: int = 24  # bins of the time-of-day profile (0: no profile)
-    day_alpha: float = 0.05  # weight of a new value in its bin, once the bin has 1 / alpha
-    level_window: int = 30  # values whose mean the level test compares (0: no level test)
-    quiet_tail: bool = True  # also judge the forecast's average from below
-    learn_clip: float = 8.0  # a scoring stream learns its statistics clipped to this many sd
+    window: int = _DEFAULT.window  # readings whose surprises are averaged
+    horizon: int = _DEFAULT.horizon  # readings the per-stream distribution of an average remembers
+    settle: int = _DEFAULT.settle  # learned readings before a stream scores
+    min_var: float = _DEFAULT.min_var  # floor of that distribution's variance
+    range_margin: float = _DEFAULT.range_margin  # share of the seen range a value must exceed it by
+    range_tail: float = _DEFAULT.range_tail  # tail probability of a value beyond the range (1: off)
+    day_bins: int = _DEFAULT.day_bins  # bins of the time-of-day profile (0: no profile)
+    day_alpha: float = _DEFAULT.day_alpha  # weight of a new value in its bin, once it has 1 / alpha
+    level_window: int = _DEFAULT.level_window  # values the level test's mean covers (0: no test)
+    quiet_tail: bool = _DEFAULT.quiet_tail  # also judge the forecast's average from below
+    learn_clip: float = _DEFAULT.learn_clip  # what a scoring stream learns is within this many sd
 
     def __post_init__(self) -> None:
         if self.day_bins and self.day_alpha * DAY_COUNT_MAX < 1.0:

@@ -11,7 +11,6 @@ import pytest
 
 from service import likelihood
 from service.likelihood import LikelihoodParams, LikelihoodState, gaussian_log_sf, step
-from service.settings import ScoringSettings
 
 # Without the time-of-day profile, the level test and the quiet tail unless a test is about it.
 PARAMS = LikelihoodParams(
@@ -47,11 +46,6 @@ def _run(
 def _calm(n: int, seed: int = 0) -> list[float]:
     """Surprises of a stream whose forecasts are right: Exp(1)."""
     return np.random.default_rng(seed).exponential(1.0, n).tolist()
-
-
-def test_the_parameters_defaults_are_the_servers_default_settings() -> None:
-    """What the tuning harness and these tests call the defaults is what the server runs."""
-    assert LikelihoodParams() == LikelihoodParams.of(ScoringSettings())
 
 
 @pytest.mark.parametrize("y", [-6.0, -2.0, -0.5, 0.0, 0.3, 1.0, 2.5, 5.0, 8.0, 20.0])
