@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
@@ -15,6 +16,7 @@ from service import schemas
 from service.alerts import Alert, AlertBus
 from service.api import alerts, health, ingest_ws, metrics, models, problems, readings, streams
 from service.api.access import AccessMiddleware
+from service.api.direct import DirectRoutes
 from service.api.openapi import declare_problems
 from service.engine import Engine
 from service.metrics import Metrics
@@ -75,6 +77,12 @@ def create_app(settings: Settings) -> FastAPI:
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     problems.install(app)
+    # The last added is the outermost: every request, direct or not, gets its access line.
+    app.add_middleware(
+        DirectRoutes,
+        routes=[r for r in readings.router.routes if isinstance(r, APIRoute)],
+        exception_handlers=app.exception_handlers,
+    )
     app.add_middleware(AccessMiddleware, metrics=collectors, log_access=settings.log.access)
     for module in (readings, ingest_ws, alerts, streams, models, health, metrics):
         app.include_router(module.router)

@@ -137,6 +137,34 @@ def test_unknown_routes_answer_problem_json(client: TestClient) -> None:
     assert response.status_code == 404 and response.headers["content-type"] == PROBLEM
 
 
+@pytest.mark.parametrize("path", ["/v1/streams/s/readings", "/v1/readings"])
+def test_a_reading_route_answers_other_methods_405_problem_json(
+    client: TestClient, path: str
+) -> None:
+    response = client.put(path, json={"timestamp": 1, "value": 1.0})
+    assert response.status_code == 405 and response.headers["content-type"] == PROBLEM
+    assert "POST" in response.headers["allow"]
+
+
+def test_a_fault_in_a_reading_route_is_a_500_problem_and_loses_nothing(
+    settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service import dataplane
+
+    async def broken(*args: object) -> object:
+        raise RuntimeError("injected fault")
+
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        assert client.post("/v1/streams/s/readings",
+                           json={"timestamp": 1, "value": 1.0}).status_code == 200
+        monkeypatch.setattr(dataplane, "resolve", broken)
+        response = client.post("/v1/streams/s/readings", json={"timestamp": 2, "value": 1.0})
+        assert response.status_code == 500 and response.headers["content-type"] == PROBLEM
+        assert response.json()["title"] == "Internal error"
+        monkeypatch.undo()
+        assert client.get("/v1/streams/s").json()["readings"] == 1  # the accepted one is kept
+
+
 def test_websocket_frames_get_ordered_replies_and_bad_frames_an_error(
     client: TestClient,
 ) -> None:
