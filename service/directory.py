@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from typing import cast
 
 from service import likelihood
 from service.alerts import Alert
@@ -82,6 +83,14 @@ class StreamDirectory:
         # one lookup per reading instead of two (on 100k streams each is a cache miss).
         only = next(iter(steppers)) if len(steppers) == 1 else None
         only_slot = steppers[only].arena.slot_lookup() if only is not None else None
+        if only is not None and only_slot is not None:  # the common round: nothing to bind
+            slots = list(map(only_slot, [r.stream_id for r in readings]))
+            if (
+                None not in slots
+                and [r.model for r in readings].count(None) == len(readings)
+                and {len(r.values) for r in readings} == {channels[only]}
+            ):
+                return {only: (list(range(len(readings))), cast(list[int], slots))}
         for i, reading in enumerate(readings):
             stream_id = reading.stream_id
             name: str | None

@@ -185,8 +185,13 @@ async def test_wrong_channel_count_unknown_model_and_rebinding_are_refused(setti
             Reading("c", 0.0, (1.0,), model="default"),
         ])
         (mismatch,) = await engine.submit([Reading("c", 1.0, (1.0,), model="other")])
-        assert "a" not in engine.live_streams and engine.live_streams["default"] == 1
+        # A bound stream's reading with the wrong channels, in a round of bound streams
+        await engine.submit([Reading("ok", 1.0, (1.0,))])
+        too_many, applied = await engine.submit([Reading("c", 2.0, (1.0, 2.0)),
+                                                 Reading("ok", 2.0, (1.0,))])
+        assert "a" not in engine.live_streams and engine.live_streams["default"] == 2
     assert isinstance(wrong, InvalidReadingError) and wrong.status == 422
+    assert isinstance(too_many, InvalidReadingError) and isinstance(applied, Result)
     assert isinstance(unknown, UnknownModelError) and unknown.status == 404
     assert isinstance(ok, Result)
     assert isinstance(mismatch, ModelMismatchError) and mismatch.status == 409
