@@ -218,3 +218,18 @@ def test_openapi_documents_the_reading_bodies(client: TestClient) -> None:
         "$ref": "#/components/schemas/BatchIn"
     }
     assert "StreamReadingIn" in schema["components"]["schemas"]
+
+
+def test_a_direct_route_that_declares_a_dependency_is_refused_at_start() -> None:
+    from fastapi import APIRouter, Depends, Request
+
+    from service.api.direct import DirectRoutes
+
+    router = APIRouter()
+
+    @router.post("/x")
+    async def needs_a_dependency(request: Request, n: int = Depends(lambda: 1)) -> None:
+        return None
+
+    with pytest.raises(ValueError, match="only its request and path parameters"):
+        DirectRoutes(lambda *a: None, routes=router.routes, exception_handlers={})  # type: ignore[arg-type]

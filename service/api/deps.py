@@ -124,8 +124,9 @@ async def ingest_of(conn: HTTPConnection) -> Ingest:
     The HTTP reading routes call this themselves instead of declaring it a dependency:
     FastAPI's dependency resolution cost ~13 us of the ~170 us of CPU a one-reading request
     took (`python -m benchmarks.edge_cost`). Their OpenAPI operations declare the bearer
-    scheme with INGEST_SECURITY. The WebSocket route, resolved once per connection, takes it
-    as `IngestDep`.
+    scheme with INGEST_SECURITY. They must: their POSTs are served by
+    `service.api.direct.DirectRoutes`, which resolves no dependency (and refuses a route that
+    declares one). The WebSocket route, resolved once per connection, takes it as `IngestDep`.
     """
     state = conn.app.state
     credentials = None if state.keyring.open else await _bearer(conn)  # open: no key to read

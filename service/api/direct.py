@@ -32,6 +32,12 @@ class DirectRoutes:
     def __init__(
         self, app: ASGIApp, routes: Sequence[APIRoute], exception_handlers: ExceptionHandlers
     ) -> None:
+        for route in routes:  # what FastAPI would resolve, the endpoint would not get here
+            needs = route.dependant
+            if needs.dependencies or needs.query_params or needs.body_params:
+                raise ValueError(
+                    f"{route.path}: a direct route takes only its request and path parameters"
+                )
         self.app = app
         self.routes = list(routes)
         # The catch-all handler belongs to the server-error middleware, which also re-raises.
