@@ -21,17 +21,21 @@ RUN /opt/venv/bin/pip install --no-deps . \
 
 FROM python:3.11-slim-bookworm
 RUN useradd --system --uid 10001 --home-dir /app streamwatch \
-    && mkdir -p /app /data && chown streamwatch /data
+    && mkdir -p /app/.numba-cache /data && chown streamwatch /app/.numba-cache /data
 COPY --from=build /opt/venv /opt/venv
 COPY models /app/models
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PORT=8000 \
     STREAMWATCH_MODEL__DIR=/app/models \
-    STREAMWATCH_DATA_DIR=/data
+    STREAMWATCH_DATA_DIR=/data \
+    NUMBA_CACHE_DIR=/app/.numba-cache
 VOLUME /data
 WORKDIR /app
 USER streamwatch
+# The scoring kernel is compiled here, once, into numba's cache: start-up loads it (a host whose
+# CPU differs from the builder's compiles it again on its first start, ~3 s).
+RUN python -c "import service.likelihood"
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '8000'), timeout=2)"]

@@ -204,8 +204,9 @@ class Stepper:
         x: np.ndarray,
         outcomes: list[Outcome | None],
     ) -> list[tuple[str, Alert]]:
-        """Step the readings `rows` of fresh streams; `rec` holds their slots' records, and
-        every field of it is read before the first is written back."""
+        """Step the readings `rows` of fresh streams; `rec` holds their slots' records. The
+        likelihood updates its own fields in place; every other field is read before the
+        first is written back."""
         gap = self._gaps(rec, ts)
         if gap.any() and self._time.gap_policy == "rewarm":
             self.arena.refresh(rec, gap, keep=("threshold", "last_ts", "interval", "seen"))
@@ -248,12 +249,12 @@ class Stepper:
         s = scoring.surprise(z, observed & scorable[:, None], self.model.card.calibration)
         warming = count <= self._norm.warmup_n
         may_alert = scorable & ~warming
-        scored = likelihood.step(
+        score = likelihood.step_in_place(  # the score fields of `rec` are the state
             s, x, observed, ts, self._score_state(rec), scorable, may_alert, self._likelihood
         )
         threshold = rec["threshold"]
         rule = scoring.update_alerts(
-            scored.score,
+            score,
             threshold,
             may_alert,
             rec["open_hits"],
@@ -262,7 +263,7 @@ class Stepper:
             rec["cooldown"],
             self._alerting,
         )
-        anomaly = may_alert & (scored.score >= threshold)
+        anomaly = may_alert & (score >= threshold)
         interval = self._next_interval(rec, ts, gap)
 
         for name, value in zip(self.arena.layout.state_names, new_state, strict=True):
@@ -270,13 +271,11 @@ class Stepper:
         rec["count"], rec["mean"], rec["var"] = count, mean, var
         rec["last_loc"], rec["last_scale"] = loc, scale
         rec["next_loc"], rec["next_scale"] = next_loc, next_scale
-        for name in self._score_fields:
-            rec[f"score_{name}"] = getattr(scored.state, name)
         rec["open_hits"], rec["hold_hits"] = rule.open_hits, rule.hold_hits
         rec["is_open"], rec["cooldown"] = rule.is_open, rule.cooldown
         rec["interval"] = interval
         rec["last_ts"] = ts
-        rec["last_score"] = scored.score
+        rec["last_score"] = score
         rec["seen"] += 1
         rec["last_flags"] = (
             anomaly * ANOMALY
@@ -288,7 +287,7 @@ class Stepper:
         )
         self.arena.put(slots, rec, time.monotonic())
 
-        events = self._track_alerts(readings, rows, rule, scored.score, ts, loc, x)
+        events = self._track_alerts(readings, rows, rule, score, ts, loc, x)
         if len(rows) == len(outcomes):
             outcomes[:] = results_of(readings, rec, self.name, self._last_alert, duplicate=False)
         else:

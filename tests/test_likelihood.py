@@ -159,6 +159,40 @@ def test_a_batch_steps_each_stream_as_if_it_were_alone(params: LikelihoodParams)
             alone = update.state
 
 
+def test_stepping_the_arenas_records_in_place_equals_stepping_a_copy() -> None:
+    """The server steps strided views of its records in place; the tuning harness, copies."""
+    rng = np.random.default_rng(5)
+    n, channels = 6, 2
+    layout = likelihood.fields(EVERYTHING, channels)
+    records = np.zeros(n, [("other", np.float64), *((name, dtype, shape) for name, (shape, dtype, _)
+                                                     in layout.items())])
+    copy = likelihood.initial_state(n, channels, EVERYTHING)
+    for name in layout:
+        records[name] = getattr(copy, name)
+    views = LikelihoodState(**{name: records[name] for name in layout})
+    for t in range(300):
+        x = rng.normal(0.0, 1.0 + 20.0 * (t % 97 == 0), (n, channels))
+        observed = rng.random((n, channels)) < 0.9
+        args = (rng.exponential(1.0, n), np.where(observed, x, np.nan), observed,
+                np.full(n, t * EVERY_S), observed.any(axis=1), rng.random(n) < 0.9)
+        update = step(*args[:4], copy, *args[4:], EVERYTHING)
+        score = likelihood.step_in_place(*args[:4], views, *args[4:], EVERYTHING)
+        np.testing.assert_array_equal(score, update.score)
+        copy = update.state
+    assert np.count_nonzero(score) > 0
+    for name in layout:
+        np.testing.assert_array_equal(records[name], getattr(copy, name), err_msg=name)
+
+
+def test_the_ring_of_surprises_holds_them_rounded_as_numpys_float16() -> None:
+    """Snapshots keep the ring as float16: the compiled pass must round as numpy does."""
+    surprises = [0.0, 1e-7, 3e-5, 6.1e-5, 0.1, 1.0 / 3.0, 2.0, 3.14159, 99.99, 1000.0, 5000.0]
+    params = dataclasses.replace(PARAMS, window=len(surprises))
+    _, state = _run(surprises, params=params)
+    expected = np.minimum(np.array(surprises), likelihood.MAX_SURPRISE).astype(np.float32)
+    np.testing.assert_array_equal(state.recent[0, 0], expected.astype(np.float16))
+
+
 @pytest.mark.parametrize("params", [PARAMS, WITH_PROFILE, EVERYTHING])
 def test_fields_describe_every_array_of_the_state_with_its_shape_and_dtype(
     params: LikelihoodParams,
