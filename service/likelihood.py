@@ -44,14 +44,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
 
 import numba
 import numpy as np
 
-from service.normalization import std_of
+from service.normalization import std_of_one
 from service.settings import ScoringSettings
 
 # Coefficients of the Chebyshev fit of ln erfc(x) (Numerical Recipes `erfcc`): relative error
@@ -195,8 +193,6 @@ def _log_sf(y: float) -> float:
 _ERFC_DOWN = tuple(reversed(_ERFC[:-1]))
 gaussian_log_sf = numba.vectorize(["float64(float64)"], cache=True)(_log_sf)  # type: ignore[no-untyped-call]
 _log_sf = numba.njit(cache=True, inline="always")(_log_sf)
-# The same floor, on one value.
-_std = cast(Callable[[float, float], float], numba.njit(cache=True, inline="always")(std_of))
 
 
 def step(
@@ -340,7 +336,7 @@ def _step_rows(  # noqa: PLR0912, PLR0913, PLR0915 -- one pass, the whole recipe
             for c in range(channels):
                 if observed[r, c] and day_count[r, day, c] >= _DAY_MIN_COUNT:
                     bin_mean = float(day_mean[r, day, c])
-                    bin_std = _std(bin_mean, float(day_var[r, day, c]))
+                    bin_std = std_of_one(bin_mean, float(day_var[r, day, c]))
                     farthest = np.maximum(farthest, abs(x[r, c] - bin_mean) / bin_std)
                     n_judged += 1
             # Two-sided tail of the farthest (the least of the channels' tails), Bonferroni.
@@ -371,7 +367,7 @@ def _step_rows(  # noqa: PLR0912, PLR0913, PLR0915 -- one pass, the whole recipe
                 for i in range(level_values.shape[2]):
                     ring += level_values[r, c, i]
                 long_mean, long_var = level_mean[r, c], level_var[r, c]
-                shift = abs(ring / max(min(values_n, level_window), 1) - long_mean) / _std(
+                shift = abs(ring / max(min(values_n, level_window), 1) - long_mean) / std_of_one(
                     long_mean, long_var
                 )
                 if seen and before >= level_window and np.isfinite(shift):

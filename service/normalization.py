@@ -13,8 +13,11 @@ array([ 0., 10.,  3.], dtype=float32)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
+import numba
 import numpy as np
 
 INPUT_CLIP = 10.0  # the model never sees a standardized value beyond this
@@ -33,40 +36,8 @@ def std_of(mean: np.ndarray, var: np.ndarray) -> np.ndarray:
     return np.sqrt(np.maximum(var, floor * floor))
 
 
-def standardize(x: np.ndarray, mean: np.ndarray, var: np.ndarray) -> np.ndarray:
-    """(x - mean) / std, clipped to +-INPUT_CLIP. Arrays (batch, channels)."""
-    u = (x - mean) / std_of(mean, var)
-    return np.clip(u, -INPUT_CLIP, INPUT_CLIP)
-
-
-def update(
-    count: np.ndarray,
-    mean: np.ndarray,
-    var: np.ndarray,
-    x: np.ndarray,
-    observed: np.ndarray,
-    params: NormalizerParams,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Fold one reading per row into the estimates; returns new (count, mean, var).
-
-    count: (batch,) readings folded so far; mean, var, x, observed: (batch, channels).
-    Channels not `observed` (missing readings) leave their estimates unchanged.
-    """
-    warming = (count < params.warmup_n)[:, None]
-    n = (count + 1).astype(np.float64)[:, None]
-    limit = params.clip_sigma * std_of(mean, var)
-    x_tracked = np.where(warming, x, np.clip(x, mean - limit, mean + limit))
-    delta = x_tracked - mean
-    weight = np.where(warming, 1.0 / n, params.alpha)
-    new_mean = mean + weight * delta
-    new_var = np.where(
-        warming,
-        var + (delta * (x_tracked - new_mean) - var) / n,
-        (1.0 - params.alpha) * (var + params.alpha * delta * delta),
-    )
-    new_mean = np.where(observed, new_mean, mean)
-    new_var = np.where(observed, new_var, var)
-    return count + 1, new_mean, new_var
+# `std_of` of one value, for compiled code (here and `service.likelihood`).
+std_of_one = cast(Callable[[float, float], float], numba.njit(cache=True, inline="always")(std_of))
 
 
 def step(
@@ -79,11 +50,46 @@ def step(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Standardize one reading per row, then fold it in: returns (u, count, mean, var).
 
-    A stream's first reading defines its level, so its own standardized value is 0.
+    count: (batch,) readings folded so far; mean, var, x, observed: (batch, channels).
+    A stream's first reading defines its level, so its own standardized value is 0; channels
+    not `observed` (missing readings) leave their estimates unchanged.
     """
-    mean = np.where((count == 0)[:, None] & observed, x, mean)
-    u = standardize(x, mean, var)
-    return (u, *update(count, mean, var, x, observed, params))
+    u, new_mean, new_var = np.empty(x.shape), np.empty(x.shape), np.empty(x.shape)
+    _step_rows(
+        np.asarray(count, np.int64), np.asarray(mean, np.float64), np.asarray(var, np.float64),
+        np.asarray(x, np.float64), np.asarray(observed, np.bool_),
+        params.warmup_n, params.alpha, params.clip_sigma, u, new_mean, new_var,
+    )
+    return u, count + 1, new_mean, new_var
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _step_rows(
+    count: np.ndarray, mean: np.ndarray, var: np.ndarray, x: np.ndarray, observed: np.ndarray,
+    warmup_n: int, alpha: float, clip_sigma: float,
+    u: np.ndarray, new_mean: np.ndarray, new_var: np.ndarray,  # out
+) -> None:
+    for r in range(x.shape[0]):
+        warming = count[r] < warmup_n
+        n = float(count[r] + 1)
+        for c in range(x.shape[1]):
+            value, level, spread = x[r, c], mean[r, c], var[r, c]
+            if count[r] == 0 and observed[r, c]:
+                level = value
+            std = std_of_one(level, spread)
+            u[r, c] = np.minimum(np.maximum((value - level) / std, -INPUT_CLIP), INPUT_CLIP)
+            if not observed[r, c]:
+                new_mean[r, c], new_var[r, c] = level, spread
+            elif warming:  # exact (Welford)
+                mean_now = level + (1.0 / n) * (value - level)
+                new_mean[r, c] = mean_now
+                new_var[r, c] = spread + ((value - level) * (value - mean_now) - spread) / n
+            else:  # tracking, the reading clipped first so that one outlier cannot blow it up
+                limit = clip_sigma * std
+                tracked = np.minimum(np.maximum(value, level - limit), level + limit)
+                delta = tracked - level
+                new_mean[r, c] = level + alpha * delta
+                new_var[r, c] = (1.0 - alpha) * (spread + alpha * delta * delta)
 
 
 def normalize_series(values: np.ndarray, params: NormalizerParams) -> np.ndarray:

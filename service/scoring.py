@@ -12,8 +12,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from service.model import Calibration
@@ -36,19 +38,51 @@ def fit_calibration(abs_z: np.ndarray) -> Calibration:
 
 def log_tail(abs_z: np.ndarray, calibration: Calibration) -> np.ndarray:
     """ln P(|E| >= abs_z): interpolated in the table, extended linearly beyond its end."""
-    zs = np.asarray(calibration.abs_z)
-    logs = np.asarray(calibration.log_tail)
-    slope = min((logs[-1] - logs[-2]) / (zs[-1] - zs[-2]), -1e-3)  # a tail must fall
-    inside = np.interp(abs_z, zs, logs)
-    beyond = logs[-1] + slope * (abs_z - zs[-1])
-    return np.where(abs_z > zs[-1], beyond, np.minimum(inside, 0.0))
+    table = _table(calibration)
+    flat = [_log_tail(a, *table) for a in np.asarray(abs_z, np.float64).ravel().tolist()]
+    return np.array(flat).reshape(np.shape(abs_z))
 
 
 def surprise(z: np.ndarray, observed: np.ndarray, calibration: Calibration) -> np.ndarray:
     """Per-reading surprise from standardized errors z (batch, channels); 0 if none observed."""
-    channel_log_p = np.where(observed, log_tail(np.abs(z), calibration), 0.0)
-    n_observed = np.maximum(observed.sum(axis=1), 1)
-    return np.maximum(0.0, -channel_log_p.min(axis=1) - np.log(n_observed))
+    out = np.empty(len(z))
+    _surprise_rows(
+        np.asarray(z, np.float64), np.asarray(observed, np.bool_), *_table(calibration), out
+    )
+    return out
+
+
+def _table(calibration: Calibration) -> tuple[np.ndarray, np.ndarray, float]:
+    """The calibration as the compiled code takes it: its points, and the slope beyond them."""
+    zs, logs = np.asarray(calibration.abs_z), np.asarray(calibration.log_tail)
+    slope = min((logs[-1] - logs[-2]) / (zs[-1] - zs[-2]), -1e-3)  # a tail must fall
+    return zs, logs, float(slope)
+
+
+@numba.njit(cache=True, inline="always")
+def _log_tail(abs_z: float, zs: np.ndarray, logs: np.ndarray, slope: float) -> float:
+    if abs_z > zs[-1]:
+        return float(logs[-1] + slope * (abs_z - zs[-1]))
+    return float(np.minimum(np.interp(abs_z, zs, logs), 0.0))
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _surprise_rows(
+    z: np.ndarray, observed: np.ndarray, zs: np.ndarray, logs: np.ndarray, slope: float,
+    out: np.ndarray,
+) -> None:
+    for r in range(z.shape[0]):
+        # The tail falls as |z| grows: the least of the channels' tails is the farthest's.
+        farthest, n_observed = 0.0, 0
+        for c in range(z.shape[1]):
+            if observed[r, c]:
+                farthest = np.maximum(farthest, abs(z[r, c]))
+                n_observed += 1
+        if n_observed == 0:
+            out[r] = 0.0
+        else:
+            least = _log_tail(farthest, zs, logs, slope)
+            out[r] = np.maximum(0.0, -least - math.log(n_observed))
 
 
 def threshold_for_false_alarm_rate(normal_scores: np.ndarray, rate: float) -> float:
@@ -88,22 +122,45 @@ def update_alerts(
     params: AlertParams,
 ) -> AlertUpdate:
     """Advance every row's alert rule by one reading; threshold is per row (batch,)."""
-    mask = np.uint32((1 << params.m) - 1)
-    close_at = 1.0 - np.minimum(1.0, (1.0 - threshold) * params.close_factor)
-    above = may_alert & (score_value >= threshold)
-    holding = may_alert & (score_value >= close_at)
-    open_hits = ((open_hits << np.uint32(1)) | above.astype(np.uint32)) & mask
-    hold_hits = ((hold_hits << np.uint32(1)) | holding.astype(np.uint32)) & mask
-    n_above = np.bitwise_count(open_hits)
-    quiet = cooldown <= 0
-    opened = ~is_open & quiet & (n_above >= params.k) & above
-    closed = is_open & (hold_hits == 0)
-    new_cooldown = np.where(closed, params.cooldown, np.maximum(cooldown - 1, 0))
-    return AlertUpdate(
-        opened=opened,
-        closed=closed,
-        open_hits=open_hits,
-        hold_hits=hold_hits,
-        is_open=(is_open | opened) & ~closed,
-        cooldown=new_cooldown.astype(np.int32),
+    n = len(score_value)
+    update = AlertUpdate(
+        opened=np.empty(n, np.bool_),
+        closed=np.empty(n, np.bool_),
+        open_hits=np.array(open_hits, np.uint32),
+        hold_hits=np.array(hold_hits, np.uint32),
+        is_open=np.array(is_open, np.bool_),
+        cooldown=np.array(cooldown, np.int32),
     )
+    _alert_rows(
+        np.asarray(score_value, np.float64), np.asarray(threshold, np.float64),
+        np.asarray(may_alert, np.bool_), update.opened, update.closed, update.open_hits,
+        update.hold_hits, update.is_open, update.cooldown,
+        params.k, params.m, params.close_factor, params.cooldown,
+    )
+    return update
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _alert_rows(
+    score: np.ndarray, threshold: np.ndarray, may_alert: np.ndarray,
+    opened: np.ndarray, closed: np.ndarray,  # out
+    open_hits: np.ndarray, hold_hits: np.ndarray, is_open: np.ndarray, cooldown: np.ndarray,
+    k: int, m: int, close_factor: float, quiet_for: int,  # the last four: read, overwritten
+) -> None:
+    mask = (1 << m) - 1
+    for r in range(score.shape[0]):
+        close_at = 1.0 - min(1.0, (1.0 - threshold[r]) * close_factor)
+        above = may_alert[r] and score[r] >= threshold[r]
+        holding = may_alert[r] and score[r] >= close_at
+        hits = ((np.int64(open_hits[r]) << 1) | above) & mask  # bit i: i readings back
+        held = ((np.int64(hold_hits[r]) << 1) | holding) & mask
+        n_above, rest = 0, hits
+        while rest:
+            rest &= rest - 1
+            n_above += 1
+        was_open = is_open[r]
+        opened[r] = not was_open and cooldown[r] <= 0 and n_above >= k and above
+        closed[r] = was_open and held == 0
+        open_hits[r], hold_hits[r] = hits, held
+        is_open[r] = (was_open or opened[r]) and not closed[r]
+        cooldown[r] = quiet_for if closed[r] else max(cooldown[r] - 1, 0)
