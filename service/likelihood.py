@@ -49,6 +49,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from service.compiled import B1, F4, F8, I4, I8, U1, U2, array, inline, kernel
 from service.normalization import std_of_one
 from service.settings import ScoringSettings
 
@@ -192,7 +193,7 @@ def _log_sf(y: float) -> float:
 
 _ERFC_DOWN = tuple(reversed(_ERFC[:-1]))
 gaussian_log_sf = numba.vectorize(["float64(float64)"], cache=True)(_log_sf)  # type: ignore[no-untyped-call]
-_log_sf = numba.njit(cache=True, inline="always")(_log_sf)
+_log_sf = inline(_log_sf)
 
 
 def step(
@@ -254,7 +255,7 @@ def step_in_place(
 _HALF_STEP = 2.0**-24  # between subnormal halves
 
 
-@numba.njit(cache=True, inline="always")
+@inline
 def _half(bits: int) -> float:
     """The value of IEEE half-precision `bits` (numpy's float16), exactly."""
     exponent, fraction = (bits >> 10) & 0x1F, bits & 0x3FF
@@ -267,7 +268,7 @@ def _half(bits: int) -> float:
     return np.float64(np.uint32(single).view(np.float32))
 
 
-@numba.njit(cache=True, inline="always")
+@inline
 def _half_bits(value: float) -> int:
     """The half-precision bits of `value` rounded to nearest, ties to even (numpy's cast)."""
     if value != value:
@@ -285,27 +286,14 @@ def _half_bits(value: float) -> int:
     return sign | min(bits, 0x7C00)
 
 
-_F8, _F4, _B1 = numba.float64, numba.float32, numba.boolean
-_I4, _U2, _U1, _I8 = numba.int32, numba.uint16, numba.uint8, numba.int64
-
-
-def _arr(dtype: numba.types.Type, ndim: int) -> numba.types.Array:
-    return numba.types.Array(dtype, ndim, "A")
-
-
-# One signature, compiled (or loaded from the cache) at import: strided views of the arena's
-# records and contiguous arrays both take it.
-_SIGNATURE = numba.void(
-    _arr(_F8, 1), _arr(_F8, 2), _arr(_B1, 2), _arr(_F8, 1), _arr(_B1, 1), _arr(_B1, 1),
-    _arr(_U2, 3), _arr(_U2, 1), _arr(_I4, 1), _arr(_F4, 2), _arr(_F4, 2), _arr(_F8, 2),
-    _arr(_F8, 2), _arr(_F4, 3), _arr(_F4, 3), _arr(_U1, 3), _arr(_F4, 3), _arr(_I4, 2),
-    _arr(_F8, 2), _arr(_F8, 2),
-    _arr(_F8, 1),
-    _I8, _I8, _I8, _F8, _F8, _F8, _I8, _F8, _I8, _B1, _F8, _F8,
+@kernel(
+    array(F8, 1), array(F8, 2), array(B1, 2), array(F8, 1), array(B1, 1), array(B1, 1),
+    array(U2, 3), array(U2, 1), array(I4, 1), array(F4, 2), array(F4, 2), array(F8, 2),
+    array(F8, 2), array(F4, 3), array(F4, 3), array(U1, 3), array(F4, 3), array(I4, 2),
+    array(F8, 2), array(F8, 2),
+    array(F8, 1),
+    I8, I8, I8, F8, F8, F8, I8, F8, I8, B1, F8, F8,
 )
-
-
-@numba.njit(_SIGNATURE, cache=True, nogil=True, error_model="numpy")
 def _step_rows(  # noqa: PLR0912, PLR0913, PLR0915 -- one pass, the whole recipe
     s: np.ndarray, x: np.ndarray, observed: np.ndarray, ts: np.ndarray,  # the readings
     scorable: np.ndarray, learn: np.ndarray,

@@ -17,8 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
-import numba
 import numpy as np
+
+from service.compiled import B1, F8, I8, array, inline, kernel
 
 INPUT_CLIP = 10.0  # the model never sees a standardized value beyond this
 
@@ -37,7 +38,7 @@ def std_of(mean: np.ndarray, var: np.ndarray) -> np.ndarray:
 
 
 # `std_of` of one value, for compiled code (here and `service.likelihood`).
-std_of_one = cast(Callable[[float, float], float], numba.njit(cache=True, inline="always")(std_of))
+std_of_one = cast(Callable[[float, float], float], inline(std_of))
 
 
 def step(
@@ -63,7 +64,10 @@ def step(
     return u, count + 1, new_mean, new_var
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@kernel(
+    array(I8, 1), array(F8, 2), array(F8, 2), array(F8, 2), array(B1, 2), I8, F8, F8,
+    array(F8, 2), array(F8, 2), array(F8, 2),
+)
 def _step_rows(
     count: np.ndarray, mean: np.ndarray, var: np.ndarray, x: np.ndarray, observed: np.ndarray,
     warmup_n: int, alpha: float, clip_sigma: float,

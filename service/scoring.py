@@ -15,9 +15,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 
+from service.compiled import B1, F8, I4, I8, U4, array, inline, kernel
 from service.model import Calibration
 
 _TAIL_POINTS = np.concatenate([[1.0], np.logspace(-0.5, -6, 23)])  # probabilities in the table
@@ -59,14 +59,14 @@ def _table(calibration: Calibration) -> tuple[np.ndarray, np.ndarray, float]:
     return zs, logs, float(slope)
 
 
-@numba.njit(cache=True, inline="always")
+@inline
 def _log_tail(abs_z: float, zs: np.ndarray, logs: np.ndarray, slope: float) -> float:
     if abs_z > zs[-1]:
         return float(logs[-1] + slope * (abs_z - zs[-1]))
     return float(np.minimum(np.interp(abs_z, zs, logs), 0.0))
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@kernel(array(F8, 2), array(B1, 2), array(F8, 1), array(F8, 1), F8, array(F8, 1))
 def _surprise_rows(
     z: np.ndarray, observed: np.ndarray, zs: np.ndarray, logs: np.ndarray, slope: float,
     out: np.ndarray,
@@ -140,7 +140,10 @@ def update_alerts(
     return update
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@kernel(
+    array(F8, 1), array(F8, 1), array(B1, 1), array(B1, 1), array(B1, 1), array(U4, 1),
+    array(U4, 1), array(B1, 1), array(I4, 1), I8, I8, F8, I8,
+)
 def _alert_rows(
     score: np.ndarray, threshold: np.ndarray, may_alert: np.ndarray,
     opened: np.ndarray, closed: np.ndarray,  # out
