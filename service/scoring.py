@@ -1,4 +1,4 @@
-"""Forecast error -> surprise, and score -> alert open/close, vectorized over a batch.
+"""Forecast error -> surprise, and score -> alert open/close, one compiled pass over a batch.
 
 1. Each channel's standardized error |z| = |x - loc| / scale is turned into a tail
    probability with the card's calibration table (measured on held-out normal data).
@@ -147,8 +147,9 @@ def update_alerts(
 def _alert_rows(
     score: np.ndarray, threshold: np.ndarray, may_alert: np.ndarray,
     opened: np.ndarray, closed: np.ndarray,  # out
-    open_hits: np.ndarray, hold_hits: np.ndarray, is_open: np.ndarray, cooldown: np.ndarray,
-    k: int, m: int, close_factor: float, quiet_for: int,  # the last four: read, overwritten
+    open_hits: np.ndarray, hold_hits: np.ndarray, is_open: np.ndarray,  # read, overwritten
+    cooldown: np.ndarray,  # read, overwritten
+    k: int, m: int, close_factor: float, quiet_for: int,
 ) -> None:
     mask = (1 << m) - 1
     for r in range(score.shape[0]):

@@ -1,8 +1,9 @@
 """One model's share of a round: take its streams' records, step the model once, score, put.
 
-Everything here is vectorized over the round's readings (at most one per stream):
-time checks, per-stream normalization, the model call, scoring, the alert rule. Only
-readings inside an open alert (rare) touch a Python object.
+Everything here works on the round's readings (at most one per stream) at once, with numpy
+or one compiled pass each (`service.compiled`): time checks, per-stream normalization, the
+model call, scoring, the alert rule. Only readings inside an open alert (rare) touch a Python
+object.
 """
 
 from __future__ import annotations
