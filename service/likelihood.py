@@ -180,6 +180,9 @@ def initial_state(batch: int, channels: int, params: LikelihoodParams) -> Likeli
     return LikelihoodState(**arrays)
 
 
+_ERFC_DOWN = tuple(reversed(_ERFC[:-1]))  # Horner's order
+
+
 def _log_sf(y: float) -> float:
     """ln P(N(0, 1) >= y), accurate to ~1e-7 relative, finite for any finite y."""
     x = min(abs(y), 1e100) * math.sqrt(0.5)  # ln P is -5e199 there: as good as -inf
@@ -191,7 +194,7 @@ def _log_sf(y: float) -> float:
     return _LN_HALF + log_erfc if y >= 0.0 else math.log1p(-0.5 * math.exp(log_erfc))
 
 
-_ERFC_DOWN = tuple(reversed(_ERFC[:-1]))
+# The same function twice: on arrays for Python callers, and inlined into the compiled pass.
 gaussian_log_sf = numba.vectorize(["float64(float64)"], cache=True)(_log_sf)  # type: ignore[no-untyped-call]
 _log_sf = inline(_log_sf)
 
