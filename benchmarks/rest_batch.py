@@ -1,5 +1,6 @@
-"""Figure 3: REST batch route, 1,000 readings per request across 1,000 streams: readings/s,
-vs the trivial FastAPI app taking the same bodies (parse the JSON, answer).
+"""Figure 3: REST batch route, 1,000 readings per request across 1,000 streams (as a list of
+readings, and as columns): readings/s, vs the trivial FastAPI app taking the same bodies
+(parse the JSON, answer).
 
 wrk runs one connection per thread (each thread its own 1,000 streams, so requests in flight
 never touch the same stream); every request is the next time step of all of its streams.
@@ -30,39 +31,43 @@ SCRIPT = BENCH / "lua" / "batch.lua"
 
 
 def measure(command: list[str], port: int, env: dict[str, str] | None, duration_s: float,
-            warmup_s: float = 2.0) -> tuple[WrkResult, int, float]:
+            columns: bool = False, warmup_s: float = 2.0) -> tuple[WrkResult, int, float]:
     """See `wrk_on_server`; the stream counted is b0-0."""
+    load_env = {"SW_BATCH": str(BATCH), "SW_FORMAT": "columns" if columns else "rows"}
     return wrk_on_server(
         command, port, env, SCRIPT, duration_s=duration_s, warmup_s=warmup_s,
-        connections=CONNECTIONS, threads=CONNECTIONS, load_env={"SW_BATCH": str(BATCH)},
-        stream_id="b0-0",
+        connections=CONNECTIONS, threads=CONNECTIONS, load_env=load_env, stream_id="b0-0",
     )
 
 
 def run(models_dir: Path, duration_s: float = 10.0) -> list[Figure]:
-    data_dir = Path(tempfile.mkdtemp(prefix="swbench-"))
-    port = free_port()
-    trivial, _, trivial_busy = measure(trivial_command(port), port, None, duration_s)
-    port = free_port()
-    env = streamwatch_env(models_dir, data_dir)
-    ours, applied, busy = measure(streamwatch_command(port), port, env, duration_s)
-    return [Figure(
-        key="rest_batch",
-        name=f"REST batch, {BATCH:,} readings/request over {BATCH:,} streams",
-        value=ours.rate * BATCH, unit="readings/s",
-        baseline_name="trivial FastAPI, same bodies", baseline=trivial.rate * BATCH,
-        target=250_000,
-        per_cpu_s=ours.rate * BATCH / busy, baseline_per_cpu_s=trivial.rate * BATCH / trivial_busy,
-        details={
-            "connections": CONNECTIONS,
-            "stream_b0_0_applied": applied,  # about requests / connections if all applied
-            "streamwatch": {"requests_per_s": ours.rate, "latency_ms": ours.latency_ms,
-                            "server_cpu": busy,
-                            "non_2xx": ours.non_2xx, "socket_errors": ours.socket_errors},
-            "trivial": {"requests_per_s": trivial.rate, "latency_ms": trivial.latency_ms,
-                        "server_cpu": trivial_busy},
-        },
-    )]
+    figures = []
+    for columns in (False, True):
+        port = free_port()
+        trivial, _, trivial_busy = measure(trivial_command(port), port, None, duration_s, columns)
+        port = free_port()
+        env = streamwatch_env(models_dir, Path(tempfile.mkdtemp(prefix="swbench-")))
+        ours, applied, busy = measure(streamwatch_command(port), port, env, duration_s, columns)
+        figures.append(Figure(
+            key="rest_batch" + ("_columns" if columns else ""),
+            name=f"REST batch, {BATCH:,} readings/request over {BATCH:,} streams"
+                 + (", as columns" if columns else ""),
+            value=ours.rate * BATCH, unit="readings/s",
+            baseline_name="trivial FastAPI, same bodies", baseline=trivial.rate * BATCH,
+            target=250_000,
+            per_cpu_s=ours.rate * BATCH / busy,
+            baseline_per_cpu_s=trivial.rate * BATCH / trivial_busy,
+            details={
+                "connections": CONNECTIONS,
+                "stream_b0_0_applied": applied,  # about requests / connections if all applied
+                "streamwatch": {"requests_per_s": ours.rate, "latency_ms": ours.latency_ms,
+                                "server_cpu": busy,
+                                "non_2xx": ours.non_2xx, "socket_errors": ours.socket_errors},
+                "trivial": {"requests_per_s": trivial.rate, "latency_ms": trivial.latency_ms,
+                            "server_cpu": trivial_busy},
+            },
+        ))
+    return figures
 
 
 def main() -> None:

@@ -1,5 +1,6 @@
-"""Figure 4: WebSocket ingest, one reading per frame and 500 readings per frame: readings/s,
-vs the trivial app's WebSocket echo driven by the same client with the same frames.
+"""Figure 4: WebSocket ingest, one reading per frame and 500 readings per frame (as a list of
+readings, and as columns): readings/s, vs the trivial app's WebSocket echo driven by the same
+client with the same frames.
 
 The client is this process (pinned to the load core; the server is pinned to the other): a
 `websockets` asyncio client on several connections, each keeping a window of frames in flight
@@ -39,9 +40,11 @@ STREAMS_PER_CONNECTION = 1000
 T0 = 1767225600
 
 
-def _frames(connection: int, per_frame: int, prefix: str) -> Callable[[int], str]:
+def _frames(connection: int, per_frame: int, prefix: str, columns: bool
+            ) -> Callable[[int], str]:
     """Frame n of one connection: the next `per_frame` readings of its streams, taken in turn
-    (a stream's next reading is STREAMS_PER_CONNECTION readings later, never in one frame)."""
+    (a stream's next reading is STREAMS_PER_CONNECTION readings later, never in one frame);
+    with `columns`, the same readings as columns."""
     ids = [f"{prefix}{connection}-{i}" for i in range(STREAMS_PER_CONNECTION)]
 
     def frame(n: int) -> str:
@@ -49,19 +52,24 @@ def _frames(connection: int, per_frame: int, prefix: str) -> Callable[[int], str
         readings = [{"stream_id": ids[k % STREAMS_PER_CONNECTION],
                      "timestamp": T0 + k // STREAMS_PER_CONNECTION, "value": (k % 17) * 0.1}
                     for k in range(first, first + per_frame)]
-        body = readings[0] if per_frame == 1 else {"seq": n, "readings": readings}
+        body: dict[str, object]
+        if columns:
+            body = {"seq": n, "columns": {key: [r[key] for r in readings] for key in readings[0]}}
+        else:
+            body = readings[0] if per_frame == 1 else {"seq": n, "readings": readings}
         return orjson.dumps(body).decode()  # a text frame, as JSON clients send
 
     return frame
 
 
-async def _drive(url: str, per_frame: int, duration_s: float, prefix: str) -> dict[str, float]:
+async def _drive(url: str, per_frame: int, duration_s: float, prefix: str,
+                 columns: bool = False) -> dict[str, float]:
     """Send frames for `duration_s` on every connection; count the replies that came back."""
     replies = [0] * CONNECTIONS
     deadline = time.perf_counter() + duration_s
 
     async def one(connection: int) -> None:
-        frame = _frames(connection, per_frame, prefix)
+        frame = _frames(connection, per_frame, prefix, columns)
         batch = [frame(n) for n in range(max(1, 20_000 // per_frame))]  # built before timing
         async with connect(url, max_size=None, compression=None) as ws:
             in_flight, n = 0, 0
@@ -96,12 +104,12 @@ async def _drive(url: str, per_frame: int, duration_s: float, prefix: str) -> di
 
 
 def measure(command: list[str], port: int, env: dict[str, str] | None, per_frame: int,
-            duration_s: float) -> tuple[dict[str, float], int]:
+            duration_s: float, columns: bool = False) -> tuple[dict[str, float], int]:
     with running(command, port, env) as server:
         url = server.url.replace("http://", "ws://") + "/v1/ingest"
-        asyncio.run(_drive(url, per_frame, min(2.0, duration_s), prefix="warm"))
+        asyncio.run(_drive(url, per_frame, min(2.0, duration_s), "warm", columns))
         cpu, wall = server.cpu_s(), time.perf_counter()
-        result = asyncio.run(_drive(url, per_frame, duration_s, prefix="ws"))
+        result = asyncio.run(_drive(url, per_frame, duration_s, "ws", columns))
         result["server_cpu"] = (server.cpu_s() - cpu) / (time.perf_counter() - wall)
         return result, stream_readings(server.url, "ws0-0")
 
@@ -109,15 +117,18 @@ def measure(command: list[str], port: int, env: dict[str, str] | None, per_frame
 def run(models_dir: Path, duration_s: float = 8.0) -> list[Figure]:
     pin(LOAD_CPU)
     figures = []
-    for per_frame, target in ((1, 25_000.0), (500, 250_000.0)):
+    for per_frame, columns, target in ((1, False, 25_000.0), (500, False, 250_000.0),
+                                       (500, True, 250_000.0)):
         port = free_port()
-        echo, _ = measure(trivial_command(port), port, None, per_frame, duration_s)
+        echo, _ = measure(trivial_command(port), port, None, per_frame, duration_s, columns)
         port = free_port()
         env = streamwatch_env(models_dir, Path(tempfile.mkdtemp(prefix="swbench-")))
-        ours, applied = measure(streamwatch_command(port), port, env, per_frame, duration_s)
+        ours, applied = measure(streamwatch_command(port), port, env, per_frame, duration_s,
+                                columns)
         figures.append(Figure(
-            key=f"websocket_{per_frame}",
-            name=f"WebSocket, {per_frame} reading{'s' if per_frame > 1 else ''}/frame",
+            key=f"websocket_{per_frame}" + ("_columns" if columns else ""),
+            name=f"WebSocket, {per_frame} reading{'s' if per_frame > 1 else ''}/frame"
+                 + (" as columns" if columns else ""),
             value=ours["readings_per_s"], unit="readings/s",
             baseline_name="trivial WebSocket echo, same frames",
             baseline=echo["readings_per_s"], target=target,

@@ -26,7 +26,10 @@ from service.security import KeyRing
 from service.settings import SecuritySettings, Settings
 from service.store import open_store
 
-_WIRE_MODELS: list[type[BaseModel]] = [schemas.ReadingIn, schemas.StreamReadingsIn, schemas.BatchIn]
+_WIRE_MODELS: list[type[BaseModel]] = [
+    schemas.ReadingIn, schemas.StreamReadingsIn, schemas.BatchIn,
+    schemas.StreamColumnsIn, schemas.BatchColumnsIn,
+]
 
 
 def create_app(settings: Settings) -> FastAPI:

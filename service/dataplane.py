@@ -12,7 +12,7 @@ from service.engine import Engine
 from service.errors import StreamwatchError
 from service.parsing import Failed, Parsed, error_result_json
 from service.results import Outcome, Reading, Result
-from service.schemas import iso_many, result_json
+from service.schemas import RESULT_FIELDS, iso_many, result_json
 
 Entry = Result | Failed
 
@@ -56,5 +56,32 @@ def render(entries: list[Entry]) -> dict[str, Any]:
     }
 
 
-async def apply(engine: Engine, parsed: list[Parsed]) -> dict[str, Any]:
-    return render(await resolve(engine, parsed))
+def render_columns(entries: list[Entry]) -> dict[str, Any]:
+    """`render` as columns: `columns[field][i]` is `results[i][field]`. A batch sent as
+    columns is answered so; with every reading scored (the usual case) the columns are cut
+    straight from the results, not from one rendered row each."""
+    if not all(type(e) is Result for e in entries):
+        rows = render(entries)["results"]
+        return {"columns": {key: [row.get(key) for row in rows] for key in RESULT_FIELDS}}
+    column = dict(zip(Result._fields, zip(*entries, strict=True), strict=True)) if entries \
+        else dict.fromkeys(Result._fields, ())
+    return {"columns": {
+        "stream_id": column["stream_id"],
+        "timestamp": iso_many(list(column["timestamp"])),
+        "status": ("ok",) * len(entries),
+        "model": column["model"],
+        "forecast": [
+            None if loc is None else {"loc": loc, "scale": scale}
+            for loc, scale in zip(column["forecast_loc"], column["forecast_scale"], strict=True)
+        ],
+        **{key: column[key] for key in _SCALARS},
+        "alert": [None if a is None else {"id": a.id, "event": a.event} for a in column["alert"]],
+    }}
+
+
+_SCALARS = ("score", "threshold", "anomaly", "warming_up", "gap", "duplicate")
+
+
+async def apply(engine: Engine, parsed: list[Parsed], columns: bool = False) -> dict[str, Any]:
+    entries = await resolve(engine, parsed)
+    return render_columns(entries) if columns else render(entries)

@@ -131,45 +131,98 @@ def parse_items(
     return parsed
 
 
+def is_columns(body: Any) -> bool:
+    """Whether a body is a batch sent as columns: `{"columns": {...}}`."""
+    return isinstance(body, dict) and "columns" in body
+
+
+def parse_columns(
+    body: dict[str, Any], limits: LimitSettings, stream_id: str | None = None
+) -> list[Parsed]:
+    """A batch sent as columns, `{"columns": {"stream_id": [...], "timestamp": [...],
+    "value": [...]}}`: reading i is entry i of every column. The same readings as the items
+    it stands for, each a Reading or a Failed; the body as a whole is refused only if it is
+    not columns."""
+    extra = sorted(body.keys() - {"columns"})
+    if extra:
+        raise InvalidReadingError(f'a batch of columns is {{"columns": {{...}}}}; not {extra}')
+    columns = body["columns"]
+    if not isinstance(columns, dict) or not columns:
+        raise InvalidReadingError("`columns` must be an object of equally long lists")
+    allowed = _KEYS if stream_id is None else _KEYS - {"stream_id"}
+    unknown = sorted(columns.keys() - allowed)
+    if unknown:
+        raise InvalidReadingError(
+            f"unknown column(s) {', '.join(unknown)}; columns are {', '.join(sorted(allowed))}"
+        )
+    if not all(type(column) is list for column in columns.values()):
+        raise InvalidReadingError("each column must be a list, one entry per reading")
+    lengths = {key: len(column) for key, column in columns.items()}
+    if len(set(lengths.values())) != 1:
+        raise InvalidReadingError(f"the columns must be equally long; they are {lengths}")
+    n = next(iter(lengths.values()))
+    if n > limits.max_readings_per_request:
+        raise LimitExceededError(
+            f"{n} readings in one request; at most {limits.max_readings_per_request}"
+        )
+    if n >= _UNIFORM_MIN and (fast := _uniform_columns(columns, stream_id, limits)) is not None:
+        return fast
+    keys = list(columns)  # some reading is not plainly well formed: as items, each judged
+    items = [dict(zip(keys, row, strict=True)) for row in zip(*columns.values(), strict=True)]
+    return parse_items(items, limits, stream_id)
+
+
 def _uniform(
     items: list[Any], stream_id: str | None, limits: LimitSettings
 ) -> list[Parsed] | None:
-    """The batch fast path: items all of one shape and all plainly well formed, checked a
-    field at a time over the whole batch (types by set, numbers by numpy, ids by one regex).
+    """The batch fast path for items: all of one shape (dicts with the same keys), then
+    checked a column at a time by `_uniform_columns`; None sends the batch item by item."""
+    if len(items) < _UNIFORM_MIN or type(items[0]) is not dict:
+        return None
+    keys = items[0].keys()
+    if set(map(type, items)) != {dict} or set(map(len, items)) != {len(keys)}:
+        return None
+    try:  # with the lengths equal, the lookups prove every item has the same keys
+        columns = {key: [raw[key] for raw in items] for key in keys}
+    except (KeyError, TypeError):
+        return None
+    return _uniform_columns(columns, stream_id, limits)
+
+
+def _uniform_columns(
+    columns: dict[str, list[Any]], stream_id: str | None, limits: LimitSettings
+) -> list[Parsed] | None:
+    """The batch fast path: readings all plainly well formed, checked a field at a time over
+    the whole batch (types by set, numbers by numpy, ids by one regex).
 
     Accepts only what `_well_formed` accepts item by item, and gives the same Readings; on
     anything else it returns None and the batch goes item by item, which words each error.
     """
-    if len(items) < _UNIFORM_MIN or type(items[0]) is not dict:
-        return None
-    keys = items[0].keys()
-    n_keys = len(keys)
+    keys = columns.keys()
     if not _KEYS.issuperset(keys) or ("value" in keys) == ("values" in keys):
         return None
-    if (stream_id is None) != ("stream_id" in keys) or set(map(type, items)) != {dict}:
+    if (stream_id is None) != ("stream_id" in keys):
         return None
     try:
-        if set(map(len, items)) != {n_keys}:  # with the lookups below: the same keys
-            return None
         if stream_id is None:
-            stream_ids: Any = _stream_ids([raw["stream_id"] for raw in items], limits)
+            stream_ids: Any = _stream_ids(columns["stream_id"], limits)
         else:
             check_stream_id(stream_id, limits)
             stream_ids = repeat(stream_id)
-        seconds = _seconds([raw["timestamp"] for raw in items])
+        seconds = _seconds(columns["timestamp"])
         if "value" in keys:
-            values = _one_channel([raw["value"] for raw in items])
+            values = _one_channel(columns["value"])
         else:
-            values = _channels([raw["values"] for raw in items], limits)
+            values = _channels(columns["values"], limits)
         models: Any = repeat(None)
         if "model" in keys:
-            models = [raw["model"] for raw in items]
+            models = columns["model"]
             if not _TYPES_OF_MODEL.issuperset(map(type, models)):
                 return None
-    except (_NotUniform, StreamwatchError, KeyError, TypeError, ValueError, OverflowError):
+    except (_NotUniform, StreamwatchError, TypeError, ValueError, OverflowError):
         return None
     readings = zip(stream_ids, seconds, values, models, strict=False)  # some are repeat()
-    return [_new_reading(Reading, r) for r in readings]
+    return list(map(_new_reading, repeat(Reading), readings))
 
 
 _UNIFORM_MIN = 8  # below it, the numpy calls cost more than the per-item path

@@ -58,6 +58,28 @@ class BatchIn(_Wire):
     readings: list[StreamReadingIn]
 
 
+class ReadingColumns(_Wire):
+    """Readings as columns, for high-rate clients: entry i of every column is reading i, as
+    `ReadingIn` has it. All columns are equally long; the optional ones cover every reading."""
+
+    timestamp: list[Timestamp]
+    values: list[list[float | None] | None] | None = None
+    value: list[float | None] | None = None
+    model: list[str | None] | None = None
+
+
+class StreamReadingColumns(ReadingColumns):
+    stream_id: list[str]
+
+
+class StreamColumnsIn(_Wire):
+    columns: ReadingColumns
+
+
+class BatchColumnsIn(_Wire):
+    columns: StreamReadingColumns
+
+
 class Problem(_Wire):
     """RFC 9457 problem details."""
 
@@ -95,6 +117,32 @@ class ResultOut(_Wire):
 
 class ResultsOut(_Wire):
     results: list[ResultOut]
+
+
+class ResultColumns(_Wire):
+    """Results as columns, for a batch sent as columns: entry i of every column is what
+    `ResultOut` has for reading i, null where that has none (a failed reading's score)."""
+
+    stream_id: list[str | None]
+    timestamp: list[str | None]
+    status: list[Literal["ok"] | Problem]
+    model: list[str | None]
+    forecast: list[Forecast | None]
+    score: list[float | None]
+    threshold: list[float | None]
+    anomaly: list[bool | None]
+    warming_up: list[bool | None]
+    gap: list[bool | None]
+    duplicate: list[bool | None]
+    alert: list[AlertRefOut | None]
+
+
+class ResultColumnsOut(_Wire):
+    columns: ResultColumns
+
+
+RESULT_FIELDS = tuple(ResultOut.model_fields)
+assert RESULT_FIELDS == tuple(ResultColumns.model_fields)  # one name per field, either way
 
 
 def problem(error: StreamwatchError, instance: str | None = None) -> dict[str, Any]:

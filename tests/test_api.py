@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
@@ -98,6 +100,48 @@ def test_a_batch_gives_each_reading_its_own_status_in_order(client: TestClient) 
     assert client.get("/v1/streams/a").json()["readings"] == 2
 
 
+@pytest.mark.parametrize("refused", [None, 17])
+def test_a_batch_sent_as_columns_is_answered_as_the_same_readings_sent_as_rows(
+    client: TestClient, refused: int | None
+) -> None:
+    values = sine(300, level=20.0, amplitude=3.0, seed=5)
+    values[250] += 40.0  # an alert opens and closes: its events are in both answers
+    rows = [{"stream_id": sid, "timestamp": t, "value": float(v)}
+            for t, v in enumerate(values) for sid in ("a", "b")]
+    if refused is not None:  # one reading refused: its own status, the others go on
+        rows[refused]["value"] = None
+    as_rows = client.post("/v1/readings", json={"readings": rows})
+    columns = {key: [row[key] for row in rows] for key in ("stream_id", "timestamp", "value")}
+    columns["stream_id"] = [f"col-{sid}" for sid in columns["stream_id"]]  # the same streams
+    as_columns = client.post("/v1/readings", json={"columns": columns})
+    assert as_rows.status_code == as_columns.status_code == 200
+    results = as_rows.json()["results"]
+    got = as_columns.json()["columns"]
+    assert got["stream_id"] == [f"col-{r['stream_id']}" for r in results]
+    for key in ("timestamp", "status", "model", "forecast", "score", "threshold", "anomaly",
+                "warming_up", "gap", "duplicate"):
+        assert got[key] == [r.get(key) for r in results], key
+    events = [a and a["event"] for a in got["alert"]]
+    assert events == [r.get("alert") and r["alert"]["event"] for r in results]
+    assert events.count("opened") == events.count("closed") == 2  # one alert per stream
+    if refused is not None:
+        assert got["status"][refused]["status"] == 422 and got["score"][refused] is None
+
+
+def test_one_streams_readings_can_be_sent_as_columns(client: TestClient) -> None:
+    columns = {"timestamp": list(range(1, 31)), "values": [[float(t % 4)] for t in range(30)]}
+    response = client.post("/v1/streams/pump-3/readings", json={"columns": columns})
+    assert response.status_code == 200
+    got = response.json()["columns"]
+    assert got["stream_id"] == ["pump-3"] * 30 and set(got["status"]) == {"ok"}
+    assert got["warming_up"][0] is True and got["forecast"][-1]["loc"] is not None
+    assert client.get("/v1/streams/pump-3").json()["readings"] == 30
+    uneven = client.post("/v1/streams/pump-3/readings",
+                         json={"columns": {"timestamp": [31, 32], "value": [1.0]}})
+    assert uneven.status_code == 422 and uneven.headers["content-type"] == PROBLEM
+    assert client.get("/v1/streams/pump-3").json()["readings"] == 30
+
+
 def test_limits_answer_413(tmp_path) -> None:
     settings = make_settings(tmp_path, limits={"max_body_bytes": 2048,
                                                "max_readings_per_request": 3})
@@ -181,6 +225,18 @@ def test_websocket_frames_get_ordered_replies_and_bad_frames_an_error(
     assert fourth["seq"] is None and fourth["results"][0]["duplicate"] is True
 
 
+def test_a_websocket_frame_of_columns_gets_a_reply_of_columns(client: TestClient) -> None:
+    columns = {"stream_id": ["w1", "w2", "w1"], "timestamp": [1, 1, 1], "value": [1.0, 2.0, 3.0]}
+    with client.websocket_connect("/v1/ingest") as ws:
+        ws.send_text(json.dumps({"seq": 7, "columns": columns}))
+        ws.send_text(json.dumps({"seq": 8, "columns": {"stream_id": ["w1"], "time": [2]}}))
+        reply, refused = ws.receive_json(), ws.receive_json()
+    assert reply["seq"] == 7 and reply["columns"]["stream_id"] == ["w1", "w2", "w1"]
+    assert reply["columns"]["status"][:2] == ["ok", "ok"]
+    assert reply["columns"]["duplicate"] == [False, False, True]
+    assert refused["seq"] == 8 and "unknown column(s) time" in refused["error"]["detail"]
+
+
 def test_an_oversized_websocket_frame_closes_with_1009(tmp_path) -> None:
     settings = make_settings(tmp_path, limits={"max_frame_bytes": 1024})
     with TestClient(create_app(settings)) as client:
@@ -214,10 +270,10 @@ def test_alerts_are_announced_in_results_and_kept_in_the_history(client: TestCli
 def test_openapi_documents_the_reading_bodies(client: TestClient) -> None:
     schema = client.get("/openapi.json").json()
     body = schema["paths"]["/v1/readings"]["post"]["requestBody"]
-    assert body["content"]["application/json"]["schema"] == {
-        "$ref": "#/components/schemas/BatchIn"
-    }
-    assert "StreamReadingIn" in schema["components"]["schemas"]
+    assert body["content"]["application/json"]["schema"] == {"anyOf": [
+        {"$ref": "#/components/schemas/BatchIn"}, {"$ref": "#/components/schemas/BatchColumnsIn"}
+    ]}
+    assert {"StreamReadingIn", "StreamReadingColumns"} <= schema["components"]["schemas"].keys()
 
 
 def test_a_direct_route_that_declares_a_dependency_is_refused_at_start() -> None:

@@ -9,8 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.errors import InvalidReadingError
-from service.parsing import Failed, _uniform, _validated, parse_items
+from service.errors import InvalidReadingError, LimitExceededError
+from service.parsing import (
+    Failed,
+    _uniform,
+    _uniform_columns,
+    _validated,
+    parse_columns,
+    parse_items,
+)
 from service.results import Reading
 from service.settings import LimitSettings
 
@@ -136,6 +143,56 @@ def test_a_batch_parses_as_its_items_would_one_by_one(
         assert _same(got, _validated(item, stream_id, LIMITS))
     if not spoilt:  # a well-formed batch of one shape is checked as a whole, not item by item
         assert _uniform(items, stream_id, LIMITS) is not None
+
+
+@settings(max_examples=200, deadline=None)
+@given(batch=_uniform_batches())
+def test_a_batch_sent_as_columns_parses_as_its_items_would(
+    batch: tuple[list[dict], str | None, bool],
+) -> None:
+    items, stream_id, spoilt = batch
+    keys = list(items[0])
+    if any(list(item) != keys for item in items):  # a field only one item has: no column
+        return
+    columns = {key: [item[key] for item in items] for key in keys}
+    parsed = parse_columns({"columns": columns}, LIMITS, stream_id)
+    assert len(parsed) == len(items)
+    for got, item in zip(parsed, items, strict=True):
+        assert _same(got, _validated(item, stream_id, LIMITS))
+    if not spoilt:  # checked a column at a time, as the fast path for items is
+        assert _uniform_columns(columns, stream_id, LIMITS) is not None
+
+
+@pytest.mark.parametrize(("body", "says"), [
+    ({"columns": {"stream_id": ["a", "b"], "timestamp": [1], "value": [1.0, 2.0]}},
+     "equally long"),
+    ({"columns": {"stream_id": ["a"], "timestamp": [1], "value": [1.0], "colour": ["red"]}},
+     "unknown column(s) colour"),
+    ({"columns": {"stream_id": "a", "timestamp": [1], "value": [1.0]}}, "must be a list"),
+    ({"columns": [["a"], [1], [1.0]]}, "equally long lists"),
+    ({"columns": {}}, "equally long lists"),
+    ({"columns": {"stream_id": ["a"], "timestamp": [1], "value": [1.0]}, "seq": 1},
+     "not ['seq']"),
+])
+def test_a_body_that_is_not_columns_is_refused_as_a_whole(body: dict, says: str) -> None:
+    with pytest.raises(InvalidReadingError) as refused:
+        parse_columns(body, LIMITS)
+    assert says in refused.value.detail
+
+
+def test_a_stream_routes_columns_have_no_stream_id_column() -> None:
+    body = {"columns": {"stream_id": ["a"], "timestamp": [1], "value": [1.0]}}
+    with pytest.raises(InvalidReadingError, match="unknown column"):
+        parse_columns(body, LIMITS, "pump-1")
+    (reading,) = parse_columns({"columns": {"timestamp": [1], "value": [1.0]}}, LIMITS, "pump-1")
+    assert reading == Reading("pump-1", 1.0, (1.0,))
+
+
+def test_columns_over_the_batch_limit_answer_413() -> None:
+    limits = LimitSettings(max_readings_per_request=3)
+    columns = {"stream_id": ["a"] * 4, "timestamp": [1, 2, 3, 4], "value": [1.0] * 4}
+    with pytest.raises(LimitExceededError):
+        parse_columns({"columns": columns}, limits)
 
 
 @pytest.mark.parametrize(("key", "bad"), _BAD_FIELDS)

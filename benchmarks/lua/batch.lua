@@ -1,12 +1,14 @@
 -- POST /v1/readings with SW_BATCH readings per request, one per stream, across SW_BATCH
 -- streams; every request is the next time step of all of them. Run one connection per wrk
 -- thread: each thread has its own streams (ids carry the thread's number), so no two requests
--- in flight touch the same stream.
+-- in flight touch the same stream. With SW_FORMAT=columns the body is the same readings as
+-- columns: {"columns": {"stream_id": [...], "timestamp": [...], "value": [...]}}.
 local batch = tonumber(os.getenv("SW_BATCH") or "1000")
 local next_thread = 0
 local step = 0
 local prefix = "b0-"
 local headers = {["Content-Type"] = "application/json"}
+local columns = os.getenv("SW_FORMAT") == "columns"  -- the same readings, sent as columns
 
 setup = function(thread)
   thread:set("thread_id", next_thread)
@@ -20,12 +22,24 @@ end
 request = function()
   local ts = 1767225600 + step
   step = step + 1
-  local parts = {}
-  for i = 0, batch - 1 do
-    parts[#parts + 1] = string.format('{"stream_id":"%s%d","timestamp":%d,"value":%.4f}',
-      prefix, i, ts, math.sin(i + step * 0.1))
+  local body
+  if columns then
+    local ids, stamps, values = {}, {}, {}
+    for i = 0, batch - 1 do
+      ids[#ids + 1] = string.format('"%s%d"', prefix, i)
+      stamps[#stamps + 1] = tostring(ts)
+      values[#values + 1] = string.format('%.4f', math.sin(i + step * 0.1))
+    end
+    body = '{"columns":{"stream_id":[' .. table.concat(ids, ",") .. '],"timestamp":[' ..
+      table.concat(stamps, ",") .. '],"value":[' .. table.concat(values, ",") .. ']}}'
+  else
+    local parts = {}
+    for i = 0, batch - 1 do
+      parts[#parts + 1] = string.format('{"stream_id":"%s%d","timestamp":%d,"value":%.4f}',
+        prefix, i, ts, math.sin(i + step * 0.1))
+    end
+    body = '{"readings":[' .. table.concat(parts, ",") .. ']}'
   end
-  local body = '{"readings":[' .. table.concat(parts, ",") .. ']}'
   return wrk.format("POST", "/v1/readings", headers, body)
 end
 

@@ -1,10 +1,12 @@
 """WS /v1/ingest: readings in frames, results back in order.
 
 A frame is one reading or a list of readings (each with `stream_id`), or
-`{"seq": n, "readings": [...]}`; the reply is `{"seq": n, "results": [...]}`. Frames are
-pipelined: many may be in flight, replies keep the order of the frames. A malformed frame gets
-`{"seq": n, "error": problem}` and the connection stays (so does a frame over the key's
-request rate: a 429 problem); a frame over the size limit closes it with 1009.
+`{"seq": n, "readings": [...]}`; the reply is `{"seq": n, "results": [...]}`. Readings sent
+as columns, `{"seq": n, "columns": {...}}`, are answered as columns, `{"seq": n, "columns":
+{...}}`. Frames are pipelined: many may be in flight, replies keep the order of the frames.
+A malformed frame gets `{"seq": n, "error": problem}` and the connection stays (so does a
+frame over the key's request rate: a 429 problem); a frame over the size limit closes it
+with 1009.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from service import dataplane
 from service.api.deps import Ingest, IngestDep, frame_admission
 from service.errors import InvalidReadingError, StreamwatchError
-from service.parsing import Parsed, decode_json, parse_items
+from service.parsing import Parsed, decode_json, is_columns, parse_columns, parse_items
 from service.results import Outcome
 from service.schemas import problem
 
@@ -51,9 +53,11 @@ async def ingest_ws(websocket: WebSocket, ingest: IngestDep) -> None:
         await writer
 
 
-# A frame on its way: its reply already (a refused frame), or (seq, parsed, their outcomes).
-# The engine's future is queued as it is: a task per frame cost more than the frame's parsing.
-_Pending = dict[str, Any] | tuple[Any, list[Parsed], "asyncio.Future[list[Outcome]]"]
+# A frame on its way: its reply already (a refused frame), or (seq, parsed, their outcomes,
+# how to render them). The engine's future is queued as it is: a task per frame cost more than
+# the frame's parsing.
+_Render = Callable[[list[dataplane.Entry]], dict[str, Any]]
+_Pending = dict[str, Any] | tuple[Any, list[Parsed], "asyncio.Future[list[Outcome]]", _Render]
 
 
 def _submit_frame(frame: bytes, ingest: Ingest, admit: Callable[[], None]) -> _Pending:
@@ -61,12 +65,14 @@ def _submit_frame(frame: bytes, ingest: Ingest, admit: Callable[[], None]) -> _P
     seq = None
     try:
         body = decode_json(frame)
-        if isinstance(body, dict) and "seq" in body:
-            seq = body.get("seq")
+        if isinstance(body, dict):
+            seq = body.pop("seq", None)
         admit()  # a frame counts against the key's request rate
-        items = _frame_items(body)
-        parsed = parse_items(items, ingest.limits)
-        return seq, parsed, dataplane.submit(ingest.engine, parsed)
+        if is_columns(body):
+            parsed, render = parse_columns(body, ingest.limits), dataplane.render_columns
+        else:
+            parsed, render = parse_items(_frame_items(body), ingest.limits), dataplane.render
+        return seq, parsed, dataplane.submit(ingest.engine, parsed), render
     except StreamwatchError as error:
         return {"seq": seq, "error": problem(error)}
 
@@ -77,9 +83,10 @@ def _frame_items(body: Any) -> list[Any]:
     if isinstance(body, dict) and isinstance(body.get("readings"), list):
         return list(body["readings"])
     if isinstance(body, dict) and "stream_id" in body:
-        return [{k: v for k, v in body.items() if k != "seq"}]
+        return [body]
     raise InvalidReadingError(
-        'a frame is a reading with stream_id, a list of them, or {"seq", "readings": [...]}'
+        'a frame is a reading with stream_id, a list of them, {"seq", "readings": [...]} '
+        'or {"seq", "columns": {...}}'
     )
 
 
@@ -88,8 +95,8 @@ async def _write_replies(websocket: WebSocket, replies: asyncio.Queue[_Pending |
         if isinstance(pending, dict):
             reply = pending
         else:
-            seq, parsed, outcomes = pending
-            reply = {"seq": seq, **dataplane.render(dataplane.entries(parsed, await outcomes))}
+            seq, parsed, outcomes, render = pending
+            reply = {"seq": seq, **render(dataplane.entries(parsed, await outcomes))}
         try:
             await websocket.send_text(orjson.dumps(reply).decode())
         except (WebSocketDisconnect, RuntimeError):

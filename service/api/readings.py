@@ -9,8 +9,8 @@ from fastapi import APIRouter, Request
 from service import dataplane
 from service.api.deps import INGEST_SECURITY, JSONBytes, ingest_of, read_body
 from service.errors import InvalidReadingError
-from service.parsing import Failed, decode_json, parse_items
-from service.schemas import ResultsOut
+from service.parsing import Failed, decode_json, is_columns, parse_columns, parse_items
+from service.schemas import ResultColumnsOut, ResultsOut
 
 router = APIRouter(prefix="/v1", tags=["readings"])
 
@@ -36,16 +36,19 @@ def _openapi(*names: str) -> dict[str, Any]:
 
 @router.post(
     "/streams/{stream_id}/readings",
-    response_model=ResultsOut,
+    response_model=ResultsOut | ResultColumnsOut,
     responses=_ERRORS,
-    openapi_extra=_openapi("ReadingIn", "StreamReadingsIn"),
+    openapi_extra=_openapi("ReadingIn", "StreamReadingsIn", "StreamColumnsIn"),
     summary="Send one reading, or several, of one stream",
 )
 async def post_stream_readings(stream_id: str, request: Request) -> JSONBytes:
     """One reading answers with its own status code if it fails; several answer 200 with a
-    status per reading."""
+    status per reading (as columns if sent as columns)."""
     ingest = await ingest_of(request)
     body = decode_json(await read_body(request, ingest.limits.max_body_bytes))
+    if is_columns(body):
+        parsed = parse_columns(body, ingest.limits, stream_id)
+        return JSONBytes(await dataplane.apply(ingest.engine, parsed, columns=True))
     single = not (isinstance(body, dict) and "readings" in body)
     items = [body] if single else body["readings"]
     if not isinstance(items, list):
@@ -58,16 +61,20 @@ async def post_stream_readings(stream_id: str, request: Request) -> JSONBytes:
 
 @router.post(
     "/readings",
-    response_model=ResultsOut,
+    response_model=ResultsOut | ResultColumnsOut,
     responses=_ERRORS,
-    openapi_extra=_openapi("BatchIn"),
+    openapi_extra=_openapi("BatchIn", "BatchColumnsIn"),
     summary="Send a batch of readings across streams",
 )
 async def post_readings(request: Request) -> JSONBytes:
-    """Results in the order sent, each with its own status: one bad reading fails only itself."""
+    """Results in the order sent, each with its own status: one bad reading fails only itself.
+    A batch sent as columns is answered as columns."""
     ingest = await ingest_of(request)
     body = decode_json(await read_body(request, ingest.limits.max_body_bytes))
+    if is_columns(body):
+        parsed = parse_columns(body, ingest.limits)
+        return JSONBytes(await dataplane.apply(ingest.engine, parsed, columns=True))
     items = body.get("readings") if isinstance(body, dict) else None
     if not isinstance(items, list):
-        raise InvalidReadingError('the body must be {"readings": [...]}')
+        raise InvalidReadingError('the body must be {"readings": [...]} or {"columns": {...}}')
     return JSONBytes(await dataplane.apply(ingest.engine, parse_items(items, ingest.limits)))

@@ -51,8 +51,10 @@ def test_each_readme_example_works_against_a_running_server(
     assert done.returncode == 0, done.stderr
     output = done.stdout.strip()
     if output.startswith("{"):
-        results = json.loads(output)["results"]
-        assert results and all(r["status"] == "ok" for r in results), output
+        body = json.loads(output)
+        statuses = body["columns"]["status"] if "columns" in body else \
+            [r["status"] for r in body["results"]]
+        assert statuses and all(status == "ok" for status in statuses), output
     else:
         assert output == "ok"
 
