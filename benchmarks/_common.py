@@ -247,7 +247,9 @@ class WrkResult:
 
     @property
     def rate(self) -> float:
-        return self.requests / self.duration_s
+        """Requests answered 2xx per second: a refused request (a 503 when the queue is full)
+        did not do what is measured."""
+        return (self.requests - self.non_2xx) / self.duration_s
 
 
 def wrk(url: str, script: Path, *, duration_s: float, connections: int, threads: int = 1,

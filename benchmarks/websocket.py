@@ -35,7 +35,10 @@ from benchmarks._common import (
 )
 
 CONNECTIONS = 4
-WINDOW = 256  # frames in flight per connection (the server reads ahead as many)
+# Frames in flight per connection (the server reads ahead up to 256), and at most this many
+# readings: all connections together stay well under the server's queue (200,000 readings;
+# past it, a frame is refused with 503), yet keep many full rounds waiting.
+WINDOW_FRAMES, WINDOW_READINGS = 256, 32_768
 STREAMS_PER_CONNECTION = 1000
 T0 = 1767225600
 
@@ -64,8 +67,10 @@ def _frames(connection: int, per_frame: int, prefix: str, columns: bool
 
 async def _drive(url: str, per_frame: int, duration_s: float, prefix: str,
                  columns: bool = False) -> dict[str, float]:
-    """Send frames for `duration_s` on every connection; count the replies that came back."""
-    replies = [0] * CONNECTIONS
+    """Send frames for `duration_s` on every connection; count the replies that came back,
+    those that refused their frame apart (an error reply, e.g. 503 when the queue is full)."""
+    replies, refused = [0] * CONNECTIONS, [0] * CONNECTIONS
+    window = min(WINDOW_FRAMES, max(1, WINDOW_READINGS // per_frame))
     deadline = time.perf_counter() + duration_s
 
     async def one(connection: int) -> None:
@@ -76,15 +81,18 @@ async def _drive(url: str, per_frame: int, duration_s: float, prefix: str,
 
             async def reader() -> None:
                 nonlocal in_flight
-                async for _ in ws:
-                    replies[connection] += 1
+                async for reply in ws:
+                    if '"error"' in reply[:48]:  # {"seq":n,"error":{...}}: nothing applied
+                        refused[connection] += 1
+                    else:
+                        replies[connection] += 1
                     in_flight -= 1
                     if in_flight == 0 and time.perf_counter() >= deadline:
                         return
 
             task = asyncio.create_task(reader())
             while time.perf_counter() < deadline:
-                while in_flight < WINDOW and n < len(batch):
+                while in_flight < window and n < len(batch):
                     await ws.send(batch[n])
                     in_flight += 1
                     n += 1
@@ -100,7 +108,8 @@ async def _drive(url: str, per_frame: int, duration_s: float, prefix: str,
     await asyncio.gather(*(one(c) for c in range(CONNECTIONS)))
     elapsed = time.perf_counter() - started
     frames = sum(replies)
-    return {"frames_per_s": frames / elapsed, "readings_per_s": frames * per_frame / elapsed}
+    return {"frames_per_s": frames / elapsed, "readings_per_s": frames * per_frame / elapsed,
+            "refused_frames": sum(refused), "window": window}
 
 
 def measure(command: list[str], port: int, env: dict[str, str] | None, per_frame: int,
@@ -134,8 +143,9 @@ def run(models_dir: Path, duration_s: float = 8.0) -> list[Figure]:
             baseline=echo["readings_per_s"], target=target,
             per_cpu_s=ours["readings_per_s"] / ours["server_cpu"],
             baseline_per_cpu_s=echo["readings_per_s"] / echo["server_cpu"],
-            details={"connections": CONNECTIONS, "window": WINDOW, "streamwatch": ours,
-                     "echo": echo, "stream_ws0_0_applied": applied},
+            details={"connections": CONNECTIONS, "window_frames": WINDOW_FRAMES,
+                     "window_readings": WINDOW_READINGS, "streamwatch": ours, "echo": echo,
+                     "stream_ws0_0_applied": applied},
         ))
     return figures
 
