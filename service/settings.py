@@ -51,7 +51,7 @@ class ModelSettings(_Group):
 
 class EngineSettings(_Group):
     max_batch: int = Field(1024, ge=1, description="Readings per model call, at most.")
-    max_wait_ms: float = Field(2.0, ge=0.0, description="How long a batch waits to fill.")
+    max_wait_ms: float = Field(1.0, ge=0.0, description="How long a batch waits to fill.")
     max_queued: int = Field(200_000, ge=1, description="Readings waiting, at most; then 503.")
 
 
