@@ -5,7 +5,7 @@ Sockets, httptools and the kernel cost the same for both servers and dominate th
 here only the framework, our middleware and dependencies, parse, engine and render are left.
 The batch figure also times each step of ours alone on the same readings: parse, the engine
 on its own (rounds of one request's readings, so not exactly the rounds inside the app), and
-render with JSON encoding.
+render with JSON encoding; the columns figure sends the batch's readings as columns.
 
     python -m benchmarks.edge_cost [--models-dir DIR] [--duration 4]
 """
@@ -49,6 +49,13 @@ def _batch(n: int, prefix: str) -> tuple[str, bytes]:
     readings = [{"stream_id": f"{prefix}-{i}", "timestamp": T0 + n, "value": (i % 17) * 0.1}
                 for i in range(BATCH)]
     return "/v1/readings", orjson.dumps({"readings": readings})
+
+
+def _columns(n: int, prefix: str) -> tuple[str, bytes]:
+    """`_batch`'s readings, sent as columns."""
+    columns = {"stream_id": [f"{prefix}-{i}" for i in range(BATCH)],
+               "timestamp": [T0 + n] * BATCH, "value": [(i % 17) * 0.1 for i in range(BATCH)]}
+    return "/v1/readings", orjson.dumps({"columns": columns})
 
 
 async def _call(app: App, path: str, body: bytes) -> int:
@@ -95,7 +102,8 @@ async def _app_costs(settings: Settings, duration_s: float) -> dict[str, float]:
     for name, app in (("trivial", trivial_app()), ("streamwatch", create_app(settings))):
         async with app.router.lifespan_context(app):
             for kind, make, in_flight, count in (("single", _single, CONCURRENT, 40_000),
-                                                 ("batch", _batch, 2, 600)):
+                                                 ("batch", _batch, 2, 600),
+                                                 ("columns", _columns, 2, 600)):
                 warm = [make(n, f"warm-{kind}") for n in range(2 * in_flight)]
                 await _cpu_per_request(app, warm, in_flight, 60.0)
                 requests = [make(n, kind) for n in range(count)]  # built before timing
@@ -161,6 +169,14 @@ def run(models_dir: Path, duration_s: float = 4.0) -> list[Figure]:
             baseline_name="trivial app, same bodies",
             baseline=1e6 * BATCH / costs["trivial_batch"],
             details={**costs, "us_per_reading": steps},
+        ),
+        Figure(
+            key="edge_columns",
+            name=f"in-process POST {BATCH:,} readings as columns "
+                 f"({costs['streamwatch_columns'] / BATCH:.2f} CPU-us/reading)",
+            value=1e6 * BATCH / costs["streamwatch_columns"], unit="readings/CPU-s",
+            baseline_name="the same readings as a list", baseline=1e6 / batch_us,
+            details=costs,
         ),
     ]
 
