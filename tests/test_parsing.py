@@ -133,33 +133,21 @@ def _uniform_batches(draw: st.DrawFn) -> tuple[list[dict], str | None, bool]:
 
 @settings(max_examples=300, deadline=None)
 @given(batch=_uniform_batches())
-def test_a_batch_parses_as_its_items_would_one_by_one(
+def test_a_batch_as_items_or_as_columns_parses_as_its_items_would_one_by_one(
     batch: tuple[list[dict], str | None, bool],
 ) -> None:
     items, stream_id, spoilt = batch
-    parsed = parse_items(items, LIMITS, stream_id)
-    assert len(parsed) == len(items)
-    for got, item in zip(parsed, items, strict=True):
-        assert _same(got, _validated(item, stream_id, LIMITS))
+    expected = [_validated(item, stream_id, LIMITS) for item in items]
+    keys = list(items[0])
+    batches = [parse_items(items, LIMITS, stream_id)]
+    if all(list(item) == keys for item in items):  # else a field only one item has: no column
+        columns = {key: [item[key] for item in items] for key in keys}
+        batches.append(parse_columns({"columns": columns}, LIMITS, stream_id))
+    for parsed in batches:
+        assert len(parsed) == len(items)
+        assert all(_same(got, want) for got, want in zip(parsed, expected, strict=True))
     if not spoilt:  # a well-formed batch of one shape is checked as a whole, not item by item
         assert _uniform(items, stream_id, LIMITS) is not None
-
-
-@settings(max_examples=200, deadline=None)
-@given(batch=_uniform_batches())
-def test_a_batch_sent_as_columns_parses_as_its_items_would(
-    batch: tuple[list[dict], str | None, bool],
-) -> None:
-    items, stream_id, spoilt = batch
-    keys = list(items[0])
-    if any(list(item) != keys for item in items):  # a field only one item has: no column
-        return
-    columns = {key: [item[key] for item in items] for key in keys}
-    parsed = parse_columns({"columns": columns}, LIMITS, stream_id)
-    assert len(parsed) == len(items)
-    for got, item in zip(parsed, items, strict=True):
-        assert _same(got, _validated(item, stream_id, LIMITS))
-    if not spoilt:  # checked a column at a time, as the fast path for items is
         assert _uniform_columns(columns, stream_id, LIMITS) is not None
 
 
