@@ -117,10 +117,7 @@ def parse_items(
     items: list[Any], limits: LimitSettings, stream_id: str | None = None
 ) -> list[Parsed]:
     """Each item to a Reading, or to a Failed that says why."""
-    if len(items) > limits.max_readings_per_request:
-        raise LimitExceededError(
-            f"{len(items)} readings in one request; at most {limits.max_readings_per_request}"
-        )
+    _check_count(len(items), limits)
     uniform = _uniform(items, stream_id, limits)
     if uniform is not None:
         return uniform
@@ -129,6 +126,13 @@ def parse_items(
         reading = _well_formed(raw, stream_id, limits)
         parsed.append(reading if reading is not None else _validated(raw, stream_id, limits))
     return parsed
+
+
+def _check_count(n: int, limits: LimitSettings) -> None:
+    if n > limits.max_readings_per_request:
+        raise LimitExceededError(
+            f"{n} readings in one request; at most {limits.max_readings_per_request}"
+        )
 
 
 def is_columns(body: Any) -> bool:
@@ -161,10 +165,7 @@ def parse_columns(
     if len(set(lengths.values())) != 1:
         raise InvalidReadingError(f"the columns must be equally long; they are {lengths}")
     n = next(iter(lengths.values()))
-    if n > limits.max_readings_per_request:
-        raise LimitExceededError(
-            f"{n} readings in one request; at most {limits.max_readings_per_request}"
-        )
+    _check_count(n, limits)
     if n >= _UNIFORM_MIN and (fast := _uniform_columns(columns, stream_id, limits)) is not None:
         return fast
     keys = list(columns)  # some reading is not plainly well formed: as items, each judged
