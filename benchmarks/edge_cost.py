@@ -45,16 +45,19 @@ def _single(n: int, prefix: str) -> tuple[str, bytes]:
     return f"/v1/streams/{prefix}-{n % 1000}/readings", body
 
 
+def _readings(n: int, prefix: str) -> list[dict[str, Any]]:
+    return [{"stream_id": f"{prefix}-{i}", "timestamp": T0 + n, "value": (i % 17) * 0.1}
+            for i in range(BATCH)]
+
+
 def _batch(n: int, prefix: str) -> tuple[str, bytes]:
-    readings = [{"stream_id": f"{prefix}-{i}", "timestamp": T0 + n, "value": (i % 17) * 0.1}
-                for i in range(BATCH)]
-    return "/v1/readings", orjson.dumps({"readings": readings})
+    return "/v1/readings", orjson.dumps({"readings": _readings(n, prefix)})
 
 
 def _columns(n: int, prefix: str) -> tuple[str, bytes]:
     """`_batch`'s readings, sent as columns."""
-    columns = {"stream_id": [f"{prefix}-{i}" for i in range(BATCH)],
-               "timestamp": [T0 + n] * BATCH, "value": [(i % 17) * 0.1 for i in range(BATCH)]}
+    readings = _readings(n, prefix)
+    columns = {key: [r[key] for r in readings] for key in readings[0]}
     return "/v1/readings", orjson.dumps({"columns": columns})
 
 
@@ -120,7 +123,7 @@ async def _step_costs(settings: Settings) -> dict[str, float]:
         parse = engine_s = render = 0.0
         rounds = 40
         for n in range(rounds):
-            items = orjson.loads(_batch(n, "step")[1])["readings"]
+            items = _readings(n, "step")
             t = time.process_time()
             parsed = parse_items(items, settings.limits)
             parse += time.process_time() - t
