@@ -93,6 +93,9 @@ class ScoringSettings(_Group):
     learn_clip: float = Field(
         8.0, ge=0.0, description="What the score learns is clipped to this many sd; 0: off."
     )
+    forecast_weight: float = Field(
+        0.75, gt=0.0, description="The forecast test's z is scaled by this before its tail."
+    )
     thresholds: dict[str, float] = Field(
         default_factory=dict, description="Per-model threshold, overriding the card's."
     )

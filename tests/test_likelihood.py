@@ -12,10 +12,11 @@ import pytest
 from service import likelihood
 from service.likelihood import LikelihoodParams, LikelihoodState, gaussian_log_sf, step
 
-# Without the time-of-day profile, the level test and the quiet tail unless a test is about it.
+# Without the time-of-day profile, the level test and the quiet tail unless a test is about it,
+# and the forecast's z taken as it is.
 PARAMS = LikelihoodParams(
     window=4, horizon=50, settle=10, range_margin=0.1, range_tail=1e-12, day_bins=0,
-    level_window=0, quiet_tail=False,
+    level_window=0, quiet_tail=False, forecast_weight=1.0,
 )
 WITH_PROFILE = dataclasses.replace(PARAMS, day_bins=24, day_alpha=0.1)
 EVERYTHING = dataclasses.replace(WITH_PROFILE, level_window=6, quiet_tail=True)
@@ -70,6 +71,22 @@ def test_a_run_of_large_surprises_after_a_calm_history_scores_near_one() -> None
     scores, _ = _run(_calm(200) + [12.0] * 4)
     assert scores[-1] > 1.0 - 1e-6
     assert np.quantile(scores[PARAMS.settle : 200], 0.9) < 0.999
+
+
+@pytest.mark.parametrize("weight", [1.0, 0.75, 0.5])
+def test_the_forecast_weight_scales_the_z_of_the_forecasts_average(weight: float) -> None:
+    history = _calm(200)
+    params = dataclasses.replace(PARAMS, forecast_weight=weight)
+    _, state = _run(history, params=params)
+    scores, _ = _run(history + [8.0] * 3, params=params)
+    # The score of the last reading from the distribution learned before it (learning is the
+    # same whatever the weight): the tail of weight * z.
+    average = (8.0 * 3 + float(np.float16(history[-1]))) / PARAMS.window  # the ring is float16
+    _, before = _run(history + [8.0] * 2, params=params)
+    z = (average - float(before.mean[0, 0])) / math.sqrt(float(before.var[0, 0]))
+    tail = math.exp(min(0.0, float(gaussian_log_sf(np.array([weight * z]))[0])))
+    assert 1.0 - scores[-1] == pytest.approx(tail, rel=1e-4)
+    assert float(state.mean[0, 0]) == pytest.approx(float(_run(history)[1].mean[0, 0]))
 
 
 def test_a_stream_that_often_misses_is_not_alarmed_by_one_more_miss() -> None:

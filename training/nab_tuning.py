@@ -256,7 +256,7 @@ class Candidate:
 
 # The likelihood alone, over 10 readings (the first recipe tried).
 _PLAIN = likelihood.LikelihoodParams(
-    window=10, range_tail=1.0, day_bins=0, level_window=0, quiet_tail=False
+    window=10, range_tail=1.0, day_bins=0, level_window=0, quiet_tail=False, forecast_weight=1.0
 )
 _RANGE = replace(_PLAIN, range_tail=likelihood.LikelihoodParams().range_tail)
 _PROFILE = replace(_RANGE, window=15, day_bins=likelihood.LikelihoodParams().day_bins)
@@ -312,6 +312,11 @@ CANDIDATES = [
     replace(RECOMMENDED, name="... cooldown 50", alerts=scoring.AlertParams(cooldown=50)),
     replace(RECOMMENDED, name="... cooldown 200", alerts=scoring.AlertParams(cooldown=200)),
     replace(RECOMMENDED, name="... k=2 of m=3", alerts=scoring.AlertParams(k=2, m=3)),
+    *(
+        replace(RECOMMENDED, name=f"... forecast weight {weight:g}",
+                likelihood=likelihood.LikelihoodParams(forecast_weight=weight))
+        for weight in (1.0, 0.9, 0.6, 0.5)
+    ),
     *(
         replace(RECOMMENDED, name=f"... learn clip {clip:g} sd",
                 likelihood=likelihood.LikelihoodParams(learn_clip=clip))
