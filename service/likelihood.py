@@ -380,11 +380,11 @@ def _step_rows(  # noqa: PLR0912, PLR0913, PLR0915 -- one pass, the whole recipe
         for j in range(judged):
             sd = np.float64(np.sqrt(np.maximum(var[r, j], min_var32)))
             z = (average[j] - np.float64(mean[r, j])) / sd
-            if j == 0:
+            if j == 0:  # the forecast's average: weighted, and with quiet_tail from below too
                 z *= forecast_weight
+                if quiet_tail:
+                    largest = np.maximum(largest, -z)
             largest = np.maximum(largest, z)
-            if quiet_tail and j == 0:  # the forecast's average from below too
-                largest = np.maximum(largest, -z)
         log_p = np.minimum(0.0, _log_sf(largest) + log_tests)
         # 5. A value beyond the range the stream has shown.
         for c in range(channels):
