@@ -202,6 +202,8 @@ def _uniform_columns(
     keys = columns.keys()
     if not _KEYS.issuperset(keys) or ("value" in keys) == ("values" in keys):
         return None
+    if "timestamp" not in keys:  # each reading lacks one: judged one by one, so each says so
+        return None
     if (stream_id is None) != ("stream_id" in keys):
         return None
     try:

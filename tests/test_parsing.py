@@ -176,6 +176,17 @@ def test_a_stream_routes_columns_have_no_stream_id_column() -> None:
     assert reading == Reading("pump-1", 1.0, (1.0,))
 
 
+def test_columns_without_timestamps_are_refused_reading_by_reading() -> None:
+    ids = [f"s{i}" for i in range(10)]
+    for body, stream_id in (
+        ({"columns": {"stream_id": ids, "value": [1.0] * 10}}, None),
+        ({"columns": {"value": [1.0] * 10}}, "pump-1"),
+    ):
+        parsed = parse_columns(body, LIMITS, stream_id)
+        assert len(parsed) == 10 and all(isinstance(p, Failed) for p in parsed)
+        assert "timestamp" in parsed[0].error.detail
+
+
 def test_columns_over_the_batch_limit_answer_413() -> None:
     limits = LimitSettings(max_readings_per_request=3)
     columns = {"stream_id": ["a"] * 4, "timestamp": [1, 2, 3, 4], "value": [1.0] * 4}
