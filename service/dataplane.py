@@ -8,13 +8,28 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import numpy as np
+
 from service.engine import Engine
 from service.errors import StreamwatchError
-from service.parsing import Failed, Parsed, error_result_json
-from service.results import Outcome, Reading, Result
+from service.parsing import Failed, Parsed, as_parsed, error_result_json
+from service.results import (
+    ANOMALY,
+    GAP,
+    SCORED,
+    WARMING,
+    Outcome,
+    Reading,
+    ReadingColumns,
+    Result,
+    ResultBlock,
+    ResultRuns,
+)
 from service.schemas import RESULT_FIELDS, iso_many, result_json
 
 Entry = Result | Failed
+Batch = ReadingColumns | list[Parsed]  # a parsed request: columns, or one entry per item
+Outcomes = list[Outcome] | ResultRuns  # the engine's answer: one per reading, or as columns
 
 
 async def resolve(engine: Engine, parsed: list[Parsed]) -> list[Entry]:
@@ -22,16 +37,21 @@ async def resolve(engine: Engine, parsed: list[Parsed]) -> list[Entry]:
     return entries(parsed, await submit(engine, parsed))
 
 
-def submit(engine: Engine, parsed: list[Parsed]) -> asyncio.Future[list[Outcome]]:
-    """Queue the readings among `parsed` now; `entries` pairs their outcomes up later."""
+def submit(engine: Engine, parsed: Batch) -> asyncio.Future[Outcomes]:
+    """Queue the readings among `parsed` now; `answer` renders their outcomes later."""
+    if isinstance(parsed, ReadingColumns):
+        return engine.enqueue_columns(parsed)
     readings = [p for p in parsed if isinstance(p, Reading)]
     if len(readings) < len(parsed):
         engine.report_refused([p.error for p in parsed if isinstance(p, Failed)])
-    return engine.enqueue(readings)
+    return engine.enqueue(readings)  # type: ignore[return-value]
 
 
-def entries(parsed: list[Parsed], outcomes_of_readings: list[Outcome]) -> list[Entry]:
+def entries(parsed: Batch, outcomes_of_readings: Outcomes) -> list[Entry]:
     """One entry per parsed item, in order, given the outcomes of its readings."""
+    if isinstance(outcomes_of_readings, ResultRuns):
+        outcomes_of_readings = outcomes_of_readings.outcomes()
+    parsed = as_parsed(parsed)
     outcomes = iter(outcomes_of_readings)
     entries: list[Entry] = []
     for p in parsed:
@@ -82,6 +102,58 @@ def render_columns(entries: list[Entry]) -> dict[str, Any]:
 _SCALARS = ("score", "threshold", "anomaly", "warming_up", "gap", "duplicate")
 
 
-async def apply(engine: Engine, parsed: list[Parsed], columns: bool = False) -> dict[str, Any]:
-    entries = await resolve(engine, parsed)
-    return render_columns(entries) if columns else render(entries)
+def answer(parsed: Batch, outcomes: Outcomes, columns: bool) -> dict[str, Any]:
+    """The body that answers a request: its results, as columns if it came as columns."""
+    if isinstance(outcomes, ResultRuns) and (cut := _cut_columns(outcomes)) is not None:
+        return {"columns": cut}
+    both = entries(parsed, outcomes)
+    return render_columns(both) if columns else render(both)
+
+
+def _cut_columns(results: ResultRuns) -> dict[str, Any] | None:
+    """`render_columns` of results that came as columns, cut straight from their blocks'
+    arrays; None if some reading was refused (then they go through `render_columns`)."""
+    pieces = []
+    for block, row, start, stop in results.runs:
+        end = row + stop - start
+        if any(row <= j < end for j in block.errors):
+            return None
+        pieces.append(_block_columns(block, row, end))
+    if len(pieces) == 1:
+        return pieces[0]
+    return {key: [v for piece in pieces for v in piece[key]] for key in RESULT_FIELDS}
+
+
+def _block_columns(block: ResultBlock, lo: int, hi: int) -> dict[str, Any]:
+    records, n = block.records[lo:hi], hi - lo
+    flags = records["last_flags"]
+    locs, scales = records["last_loc"].tolist(), records["last_scale"].tolist()
+    forecast: list[dict[str, Any] | None] = [
+        {"loc": loc, "scale": scale} for loc, scale in zip(locs, scales, strict=True)
+    ]
+    for j in np.flatnonzero((flags & SCORED) == 0).tolist():
+        forecast[j] = None
+    alert: list[dict[str, str] | None] | tuple[None, ...] = (None,) * n
+    if any(lo <= j < hi for j in block.alerts):
+        alert = list(alert)
+        for j, ref in block.alerts.items():
+            if lo <= j < hi:
+                alert[j - lo] = {"id": ref.id, "event": ref.event}
+    return {
+        "stream_id": block.stream_ids[lo:hi],
+        "timestamp": iso_many(block.timestamps[lo:hi].tolist()),
+        "status": ("ok",) * n,
+        "model": (block.model,) * n,
+        "forecast": forecast,
+        "score": records["last_score"].tolist(),
+        "threshold": records["threshold"].tolist(),
+        "anomaly": ((flags & ANOMALY) != 0).tolist(),
+        "warming_up": ((flags & WARMING) != 0).tolist(),
+        "gap": ((flags & GAP) != 0).tolist(),
+        "duplicate": block.duplicate[lo:hi].tolist(),
+        "alert": alert,
+    }
+
+
+async def apply(engine: Engine, parsed: Batch, columns: bool = False) -> dict[str, Any]:
+    return answer(parsed, await submit(engine, parsed), columns)

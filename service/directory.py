@@ -11,6 +11,8 @@ import itertools
 from collections.abc import Sequence
 from typing import cast
 
+import numpy as np
+
 from service import likelihood
 from service.alerts import Alert
 from service.errors import CapacityError, InvalidReadingError, ModelMismatchError, StreamwatchError
@@ -66,6 +68,20 @@ class StreamDirectory:
         return sorted(
             itertools.chain.from_iterable(s.arena.stream_ids() for s in self.steppers.values())
         )
+
+    def only_model(self, channels: int) -> str | None:
+        """The model, when there is only one and it takes readings of `channels` channels."""
+        if len(self.steppers) != 1:
+            return None
+        name = next(iter(self.steppers))
+        return name if self._channels[name] == channels else None
+
+    def slots_of(self, name: str, stream_ids: list[str]) -> np.ndarray | None:
+        """The slots of streams bound to model `name`, (batch,) int64; None if any is not."""
+        slots = list(map(self.steppers[name].arena.slot_lookup(), stream_ids))
+        if None in slots:
+            return None
+        return np.array(slots, np.int64)
 
     def route(
         self,

@@ -17,7 +17,7 @@ from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -32,7 +32,7 @@ from service.errors import (
     UnknownStreamError,
 )
 from service.registry import ModelRegistry
-from service.results import Outcome, Reading
+from service.results import Outcome, Reading, ReadingColumns, ResultBlock, ResultRuns
 from service.settings import Settings
 from service.stepper import Stepper, StreamInfo
 from service.stream_batch import StateCopy, StreamBatch
@@ -60,7 +60,7 @@ class SharedState(Protocol):
 class EngineObserver(Protocol):
     """Told what each round did (metrics); called once per round and model, so keep it cheap."""
 
-    def stepped(self, model: str, outcomes: Sequence[Outcome], seconds: float) -> None: ...
+    def stepped(self, model: str, block: ResultBlock, seconds: float) -> None: ...
 
     def refused(self, errors: Sequence[StreamwatchError]) -> None: ...
 
@@ -73,9 +73,40 @@ _Waiting = tuple["_Job", int]  # a reading waiting for its round: its job, its i
 @dataclass(eq=False)
 class _Job:
     readings: Sequence[Reading]
-    future: asyncio.Future[list[Outcome]]
+    future: asyncio.Future[Any]
     outcomes: list[Outcome | None] = field(default_factory=list)
     remaining: int = 0
+
+    def done(self) -> None:
+        if not self.future.done():
+            self.future.set_result(self.outcomes)
+
+
+@dataclass(eq=False, kw_only=True)
+class _ColumnsJob(_Job):
+    """Readings of distinct streams that came as columns. Rounds take them a run at a time,
+    in order (`taken` so far), and keep their results as blocks (`parts`); a round that could
+    not take them as columns settles them one by one in `outcomes`, like a `_Job`'s."""
+
+    columns: ReadingColumns
+    taken: int = 0
+    parts: list[tuple[ResultBlock, int, int, int]] = field(default_factory=list)
+
+    def as_readings(self) -> None:
+        """Ready to be settled one reading at a time."""
+        if not self.readings:
+            self.readings = self.columns.readings()
+            self.outcomes = [None] * len(self.readings)
+
+    def done(self) -> None:
+        if self.future.done():
+            return
+        if not self.readings:  # every reading went as columns: the usual case
+            self.future.set_result(ResultRuns(self.parts))
+            return
+        for block, row, start, stop in self.parts:
+            self.outcomes[start:stop] = block.outcomes()[row : row + stop - start]
+        self.future.set_result(self.outcomes)
 
 
 class Engine:
@@ -101,6 +132,12 @@ class Engine:
         # rest of submit(); with heads apart, a round is taken by C-level slicing.
         self._pending: OrderedDict[str, _Waiting] = OrderedDict()
         self._later: dict[str, deque[_Waiting]] = {}
+        # Jobs of columns, in arrival order, of streams with no reading in `_pending`: a round
+        # takes runs of them whole (`_take_columns`); rounds of these and of `_pending` take
+        # turns. Readings that come one by one meanwhile wait in `_after_columns` until these
+        # are done, so each stream's stay in order.
+        self._columns: deque[_ColumnsJob] = deque()
+        self._after_columns: list[_Job] = []
         self._n_pending = 0
         self._wakeup = asyncio.Event()
         self._full = asyncio.Event()
@@ -125,18 +162,61 @@ class Engine:
     def enqueue(self, readings: Sequence[Reading]) -> asyncio.Future[list[Outcome]]:
         """Queue readings now; the future gets what `submit` returns. For a caller that must
         queue in arrival order and wait later (pipelined WebSocket frames) without a task."""
-        if self._closing or self._task is None:
-            raise ShuttingDownError("the engine is not running")
-        job = _Job(readings, asyncio.get_running_loop().create_future())
+        job = _Job(readings, self._future())
         if not readings:
             job.future.set_result([])
             return job.future
-        if self._n_pending + len(readings) > self._engine.max_queued:
-            raise CapacityError(f"{self._n_pending} readings are queued already; retry shortly")
+        self._admit(len(readings))
         job.outcomes = [None] * len(readings)
         job.remaining = len(readings)
+        if self._columns or self._after_columns:
+            self._after_columns.append(job)
+        else:
+            self._queue(job)
+        self._n_pending += len(readings)
+        self._woken()
+        return job.future
+
+    def enqueue_columns(self, columns: ReadingColumns) -> asyncio.Future[Any]:
+        """`enqueue` for readings sent as columns. The future gets their results as columns,
+        `ResultRuns`, when they went through as such (readings of distinct streams, none of
+        which names a model or has a reading queued one by one); else what `enqueue`'s
+        gets."""
+        n = len(columns)
+        if (
+            n == 0
+            or columns.models is not None
+            or self._shared is not None
+            or self._after_columns
+            or len(set(columns.stream_ids)) < n
+            or (self._pending and not self._pending.keys().isdisjoint(columns.stream_ids))
+        ):
+            return self.enqueue(columns.readings())
+        job = _ColumnsJob((), self._future(), remaining=n, columns=columns)
+        self._admit(n)
+        self._columns.append(job)
+        self._n_pending += n
+        self._woken()
+        return job.future
+
+    def _future(self) -> asyncio.Future[Any]:
+        if self._closing or self._task is None:
+            raise ShuttingDownError("the engine is not running")
+        return asyncio.get_running_loop().create_future()
+
+    def _admit(self, n: int) -> None:
+        if self._n_pending + n > self._engine.max_queued:
+            raise CapacityError(f"{self._n_pending} readings are queued already; retry shortly")
+
+    def _woken(self) -> None:
+        self._wakeup.set()
+        if self._n_pending >= self._engine.max_batch:
+            self._full.set()
+
+    def _queue(self, job: _Job) -> None:
+        """Queue a job's readings each behind its stream's earlier ones."""
         pending, later = self._pending, self._later
-        for index, reading in enumerate(readings):
+        for index, reading in enumerate(job.readings):
             waiting = (job, index)
             if pending.setdefault(reading.stream_id, waiting) is not waiting:
                 queue = later.get(reading.stream_id)
@@ -144,11 +224,6 @@ class Engine:
                     later[reading.stream_id] = deque((waiting,))
                 else:
                     queue.append(waiting)
-        self._n_pending += len(readings)
-        self._wakeup.set()
-        if self._n_pending >= self._engine.max_batch:
-            self._full.set()
-        return job.future
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -157,7 +232,11 @@ class Engine:
         backlog = False
         next_sweep = time.monotonic()
         while True:
-            if not self._pending:
+            if not self._columns and self._after_columns:
+                for job in self._after_columns:
+                    self._queue(job)
+                self._after_columns.clear()
+            if not self._pending and not self._columns:
                 if self._closing:
                     return
                 self._wakeup.clear()
@@ -170,14 +249,23 @@ class Engine:
                 timer = loop.call_later(self._engine.max_wait_ms / 1000, self._full.set)
                 await self._full.wait()
                 timer.cancel()
-            items = self._take_round()
+            if self._columns and (not self._pending or self.rounds % 2):
+                runs = self._take_columns()
+                items = None
+            else:
+                items = self._take_round()
             try:
-                self._run_round(items)
+                if items is None:
+                    self._run_columns_round(runs)
+                else:
+                    self._run_round(items)
             except Exception:  # one bad round must not stop the loop and strand every caller
+                if items is None:
+                    items = _one_by_one(runs)
                 log.exception("engine round of %d readings failed", len(items))
                 fault = RoundFailedError("the engine failed on this round; it was logged")
                 self._settle(items, [fault] * len(items))
-            backlog = bool(self._pending)
+            backlog = bool(self._pending or self._columns)
             ttl_s = self._state_settings.ttl_s
             if ttl_s is not None and time.monotonic() >= next_sweep:
                 self._evict_idle(time.monotonic() - ttl_s)
@@ -200,6 +288,73 @@ class Engine:
         self._n_pending -= len(taken)
         return taken
 
+    def _take_columns(self) -> list[_Run]:
+        """Runs of queued columns jobs, oldest first, up to max_batch readings: a job is
+        taken (in part, if the round fills) unless it shares a stream with an earlier one
+        still queued or taken this round."""
+        budget, runs = self._engine.max_batch, list[_Run]()
+        seen: set[str] = set()  # the streams of the jobs looked at so far
+        for job in itertools.islice(self._columns, _LOOK_AHEAD):
+            ids = job.columns.stream_ids
+            rest = ids[job.taken :] if job.taken else ids
+            if runs and not seen.isdisjoint(rest):
+                seen.update(rest)
+                continue
+            stop = job.taken + min(budget, len(rest))
+            runs.append((job, job.taken, stop))
+            budget -= stop - job.taken
+            job.taken = stop
+            if budget == 0:
+                break
+            seen.update(rest)
+        if any(job.taken == len(job.columns) for job, _, _ in runs):
+            self._columns = deque(job for job in self._columns if job.taken < len(job.columns))
+        self._n_pending -= self._engine.max_batch - budget
+        return runs
+
+    def _run_columns_round(self, runs: list[_Run]) -> None:
+        """A round of columns: with every stream bound to the one model, one step on the
+        columns; otherwise the readings go one by one, as `_run_round` takes them."""
+        self.rounds += 1
+        if len(runs) == 1:
+            job, start, stop = runs[0]
+            columns = job.columns
+            stream_ids = columns.stream_ids[start:stop]
+            ts, x = columns.timestamps[start:stop], columns.values[start:stop]
+        else:
+            stream_ids = list(itertools.chain.from_iterable(
+                job.columns.stream_ids[start:stop] for job, start, stop in runs
+            ))
+            ts = np.concatenate([job.columns.timestamps[a:b] for job, a, b in runs])
+            x = np.concatenate([job.columns.values[a:b] for job, a, b in runs])
+        only = self._streams.only_model(x.shape[1])
+        slots = None if only is None else self._streams.slots_of(only, stream_ids)
+        if only is None or slots is None:  # a new stream, or another model: one by one
+            self.rounds -= 1  # _run_round counts it
+            self._run_round(_one_by_one(runs))
+            return
+        started = time.perf_counter()
+        step = self._streams.steppers[only].apply_columns(stream_ids, ts, x, slots)
+        observer = self._observer
+        if observer is not None:
+            observer.stepped(only, step.block, time.perf_counter() - started)
+        if step.events:
+            try:
+                self._on_alerts(step.events)  # durable before anyone hears of it
+            except StoreUnavailableError as error:  # not kept, so not acknowledged
+                items = _one_by_one(runs)
+                self._settle(items, [error] * len(items))
+                return
+        if observer is not None:
+            observer.round_done(len(stream_ids), step.events)
+        row = 0
+        for job, start, stop in runs:
+            job.parts.append((step.block, row, start, stop))
+            row += stop - start
+            job.remaining -= stop - start
+            if job.remaining == 0:
+                job.done()
+
     def _run_round(self, items: list[tuple[_Job, int]]) -> None:
         self.rounds += 1
         if self._shared is not None:
@@ -221,12 +376,12 @@ class Engine:
             slot_array = np.fromiter(slots, np.int64, len(slots))
             step = self._streams.steppers[name].apply(readings, slot_array)
             if observer is not None:
-                observer.stepped(name, step.outcomes, time.perf_counter() - started)
+                observer.stepped(name, step.block, time.perf_counter() - started)
             events.extend(step.events)
             if whole:
-                outcomes = list(step.outcomes)
+                outcomes = step.block.outcomes()  # type: ignore[assignment]
             else:
-                for i, result in zip(rows, step.outcomes, strict=True):
+                for i, result in zip(rows, step.block.outcomes(), strict=True):
                     outcomes[i] = result
         try:
             if events:
@@ -249,8 +404,8 @@ class Engine:
         settled: Counter[_Job] = Counter(map(itemgetter(0), items))  # C-level counting
         for job, done in settled.items():
             job.remaining -= done
-            if job.remaining == 0 and not job.future.done():
-                job.future.set_result(job.outcomes)  # type: ignore[arg-type]
+            if job.remaining == 0:
+                job.done()
 
     # -- streams ----------------------------------------------------------------------------
 
@@ -342,3 +497,14 @@ class Engine:
 
     def steppers(self) -> dict[str, Stepper]:
         return self._streams.steppers
+
+
+_Run = tuple[_ColumnsJob, int, int]  # a columns job's readings [start, stop) in one round
+_LOOK_AHEAD = 64  # columns jobs a round looks at, at most
+
+
+def _one_by_one(runs: list[_Run]) -> list[tuple[_Job, int]]:
+    """Runs of columns jobs as the readings `_run_round` takes and `_settle` settles."""
+    for job, _, _ in runs:
+        job.as_readings()
+    return [(job, index) for job, start, stop in runs for index in range(start, stop)]

@@ -16,13 +16,14 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from service.alerts import Alert
 from service.errors import StreamwatchError
-from service.results import Outcome, Result
+from service.results import ANOMALY, ResultBlock
 
 if TYPE_CHECKING:
     from service.alerts import AlertBus
@@ -112,29 +113,29 @@ class Metrics:
 
     # -- the engine, once per round ---------------------------------------------------------
 
-    def stepped(self, model: str, outcomes: Sequence[Outcome], seconds: float) -> None:
-        """One model's share of a round: its latency, and its outcomes counted in one pass."""
+    def stepped(self, model: str, block: ResultBlock, seconds: float) -> None:
+        """One model's share of a round: its latency, and its results counted from columns."""
         self._step_seconds.labels(model).observe(seconds)
-        ok = duplicate = anomalies = 0
+        n, errors = len(block), block.errors
+        applied = np.ones(n, np.bool_)
+        if errors:
+            applied[list(errors)] = False
+        duplicate = int(np.count_nonzero(block.duplicate & applied))
+        ok = int(np.count_nonzero(applied)) - duplicate
+        anomalies = int(np.count_nonzero(
+            ((block.records["last_flags"] & ANOMALY) != 0) & applied & ~block.duplicate
+        ))
         refused: dict[str, int] = {}
-        for outcome in outcomes:
-            if isinstance(outcome, Result):
-                if outcome.duplicate:
-                    duplicate += 1
-                else:
-                    ok += 1
-                    anomalies += outcome.anomaly
-            else:
-                slug = outcome.slug
-                refused[slug] = refused.get(slug, 0) + 1
+        for error in errors.values():
+            refused[error.slug] = refused.get(error.slug, 0) + 1
         if ok:
             self._readings.labels(model, "ok").inc(ok)
         if duplicate:
             self._readings.labels(model, "duplicate").inc(duplicate)
         if anomalies:
             self._anomalies.labels(model).inc(anomalies)
-        for slug, n in refused.items():
-            self._readings.labels(model, slug).inc(n)
+        for slug, count in refused.items():
+            self._readings.labels(model, slug).inc(count)
 
     def refused(self, errors: Sequence[StreamwatchError]) -> None:
         """Readings refused before any model took them (malformed, unknown model, full)."""

@@ -11,10 +11,9 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from itertools import chain, repeat
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -23,7 +22,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from service.alerts import iso
 from service.errors import InvalidReadingError, LimitExceededError, StreamwatchError
-from service.results import Reading
+from service.results import Reading, ReadingColumns
 from service.schemas import STREAM_ID_PATTERN, ReadingIn, StreamReadingIn, Timestamp, problem
 from service.settings import LimitSettings
 
@@ -142,11 +141,11 @@ def is_columns(body: Any) -> bool:
 
 def parse_columns(
     body: dict[str, Any], limits: LimitSettings, stream_id: str | None = None
-) -> list[Parsed]:
+) -> ReadingColumns | list[Parsed]:
     """A batch sent as columns, `{"columns": {"stream_id": [...], "timestamp": [...],
     "value": [...]}}`: reading i is entry i of every column. The same readings as the items
-    it stands for, each a Reading or a Failed; the body as a whole is refused only if it is
-    not columns."""
+    it stands for: as columns when all are plainly well formed, else each a Reading or a
+    Failed. The body as a whole is refused only if it is not columns."""
     extra = sorted(body.keys() - {"columns"})
     if extra:
         raise InvalidReadingError(f'a batch of columns is {{"columns": {{...}}}}; not {extra}')
@@ -187,12 +186,13 @@ def _uniform(
         columns = {key: [raw[key] for raw in items] for key in keys}
     except (KeyError, TypeError):
         return None
-    return _uniform_columns(columns, stream_id, limits)
+    uniform = _uniform_columns(columns, stream_id, limits)
+    return None if uniform is None else as_parsed(uniform)
 
 
 def _uniform_columns(
     columns: dict[str, list[Any]], stream_id: str | None, limits: LimitSettings
-) -> list[Parsed] | None:
+) -> ReadingColumns | None:
     """The batch fast path: readings all plainly well formed, checked a field at a time over
     the whole batch (types by set, numbers by numpy, ids by one regex).
 
@@ -208,24 +208,28 @@ def _uniform_columns(
         return None
     try:
         if stream_id is None:
-            stream_ids: Any = _stream_ids(columns["stream_id"], limits)
+            stream_ids = _stream_ids(columns["stream_id"], limits)
         else:
             check_stream_id(stream_id, limits)
-            stream_ids = repeat(stream_id)
+            stream_ids = [stream_id] * len(columns["timestamp"])
         seconds = _seconds(columns["timestamp"])
         if "value" in keys:
             values = _one_channel(columns["value"])
         else:
             values = _channels(columns["values"], limits)
-        models: Any = repeat(None)
+        models = None
         if "model" in keys:
             models = columns["model"]
             if not _TYPES_OF_MODEL.issuperset(map(type, models)):
                 return None
     except (_NotUniform, StreamwatchError, TypeError, ValueError, OverflowError):
         return None
-    readings = zip(stream_ids, seconds, values, models, strict=False)  # some are repeat()
-    return list(map(_new_reading, repeat(Reading), readings))
+    return ReadingColumns(stream_ids, seconds, values, models)
+
+
+def as_parsed(batch: ReadingColumns | list[Parsed]) -> list[Parsed]:
+    """A parsed batch one reading at a time."""
+    return list(batch.readings()) if isinstance(batch, ReadingColumns) else batch
 
 
 _UNIFORM_MIN = 8  # below it, the numpy calls cost more than the per-item path
@@ -250,30 +254,30 @@ def _stream_ids(stream_ids: list[Any], limits: LimitSettings) -> list[str]:
     return stream_ids
 
 
-def _seconds(timestamps: list[Any]) -> list[float]:
+def _seconds(timestamps: list[Any]) -> np.ndarray:
     types = set(map(type, timestamps))
     if str in types:  # ISO 8601 text: no vectorized parser takes every form fromisoformat does
         if not types.issubset(_TIMESTAMP_TYPES):
             raise _NotUniform
-        return [parse_timestamp(t) for t in timestamps]
+        return np.array([parse_timestamp(t) for t in timestamps], np.float64)
     if not _NUMBER_TYPES.issuperset(types):
         raise _NotUniform
     seconds = np.array(timestamps, np.float64)  # (batch,)
     if not ((seconds >= _FIRST_SECOND) & (seconds <= _LAST_SECOND)).all():  # NaN fails too
         raise _NotUniform
-    return seconds.tolist()
+    return seconds
 
 
-def _one_channel(values: list[Any]) -> Iterable[tuple[float, ...]]:
+def _one_channel(values: list[Any]) -> np.ndarray:
     if not _NUMBER_TYPES.issuperset(map(type, values)):
         raise _NotUniform
     array = np.array(values, np.float64)  # (batch,)
     if not np.isfinite(array).all():
         raise _NotUniform
-    return zip(array.tolist())  # one 1-tuple per reading
+    return array[:, None]  # (batch, 1)
 
 
-def _channels(values: list[Any], limits: LimitSettings) -> list[tuple[float, ...]]:
+def _channels(values: list[Any], limits: LimitSettings) -> np.ndarray:
     widths = set(map(len, values)) if set(map(type, values)) == {list} else set()
     if len(widths) != 1 or not 0 < next(iter(widths)) <= limits.max_channels:
         raise _NotUniform
@@ -284,7 +288,7 @@ def _channels(values: list[Any], limits: LimitSettings) -> list[tuple[float, ...
     finite = np.isfinite(array)
     if not finite.all() and int((~finite).sum()) != flat.count(None):  # a NaN or inf sent
         raise _NotUniform
-    return list(map(tuple, array.tolist()))
+    return array
 
 
 def _validated(raw: Any, stream_id: str | None, limits: LimitSettings) -> Parsed:

@@ -1,13 +1,14 @@
 """A reading in, its result out: the records of a reading's trip through the engine.
 
-`results_of` builds a round's `Result`s in bulk from the arena records the round left.
+A `ResultBlock` holds a round's results as columns, read from the arena records the round
+left; it builds `Result`s in bulk for callers that want one per reading.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
@@ -26,6 +27,32 @@ class Reading(NamedTuple):
     timestamp: float  # epoch seconds
     values: tuple[float, ...]  # NaN marks a missing channel (null on the wire)
     model: str | None = None
+
+
+_new_reading = tuple.__new__  # Reading(...) without the Python-level __new__ of a NamedTuple
+
+
+@dataclass(frozen=True, eq=False)
+class ReadingColumns:
+    """Readings as columns, as a gateway sends many at once: reading i is
+    (stream_ids[i], timestamps[i], values[i], models[i])."""
+
+    stream_ids: list[str]
+    timestamps: np.ndarray  # (n,) float64, epoch seconds
+    values: np.ndarray  # (n, channels) float64; NaN marks a missing channel
+    models: list[str | None] | None = None  # None: no reading names a model
+
+    def __len__(self) -> int:
+        return len(self.stream_ids)
+
+    def readings(self) -> list[Reading]:
+        """The same readings one by one."""
+        models = itertools.repeat(None) if self.models is None else self.models
+        rows = zip(
+            self.stream_ids, self.timestamps.tolist(), map(tuple, self.values.tolist()), models,
+            strict=False,  # models may be repeat()
+        )
+        return list(map(_new_reading, itertools.repeat(Reading), rows))
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,44 +79,89 @@ class Result(NamedTuple):
 Outcome = Result | StreamwatchError
 
 
-def results_of(
-    readings: Sequence[Reading],
-    records: np.ndarray,
-    model: str,
+@dataclass(eq=False)
+class ResultBlock:
+    """The results of one model's readings in a round, as columns: row i is reading i's.
+
+    `records` are the readings' arena records as the round left their streams (a row in
+    `errors` was not applied, and its record means nothing); `alerts` holds the alert event
+    of each row whose reading opened or closed one. A caller that answers in columns reads
+    the arrays; `outcomes()` builds one `Result` per row for the others.
+    """
+
+    model: str
+    stream_ids: list[str]
+    timestamps: np.ndarray  # (n,) float64
+    records: np.ndarray  # (n,) of the arena's record dtype
+    duplicate: np.ndarray  # (n,) bool: a retried reading, answered as the first time
+    alerts: dict[int, AlertRef] = field(default_factory=dict)
+    errors: dict[int, StreamwatchError] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.stream_ids)
+
+    def outcomes(self) -> list[Outcome]:
+        """One Result per row, or the row's error."""
+        n, records = len(self.stream_ids), self.records
+        flags = records["last_flags"]
+        locs: list[list[float] | None] = records["last_loc"].tolist()
+        scales: list[list[float] | None] = records["last_scale"].tolist()
+        for j in np.flatnonzero((flags & SCORED) == 0).tolist():
+            locs[j] = scales[j] = None
+        alerts: Iterable[AlertRef | None] = itertools.repeat(None)
+        if self.alerts:
+            alerts = [None] * n
+            for j, ref in self.alerts.items():
+                alerts[j] = ref
+        # Columns zipped into Results by C-level iteration: a Python loop per reading, with
+        # one tuple built by hand, costs about twice as much.
+        columns = zip(
+            self.stream_ids,
+            self.timestamps.tolist(),
+            itertools.repeat(self.model),
+            locs,
+            scales,
+            records["last_score"].tolist(),
+            records["threshold"].tolist(),
+            *(_flag(flags, bit) for bit in (ANOMALY, WARMING, GAP)),
+            _bools(self.duplicate),
+            alerts,
+        )
+        outcomes: list[Outcome] = list(map(_new_result, itertools.repeat(Result), columns))
+        for j, error in self.errors.items():
+            outcomes[j] = error
+        return outcomes
+
+
+@dataclass(frozen=True)
+class ResultRuns:
+    """The results of readings sent as columns, as runs of blocks: run (block, row, start,
+    stop) holds the results of readings [start, stop) in the block's rows from `row` on."""
+
+    runs: list[tuple[ResultBlock, int, int, int]]
+
+    def outcomes(self) -> list[Outcome]:
+        """One Result per reading, or its error, in order."""
+        return list(itertools.chain.from_iterable(
+            block.outcomes()[row : row + stop - start] for block, row, start, stop in self.runs
+        ))
+
+
+def alert_events(
+    stream_ids: Sequence[str],
+    flags: np.ndarray,
     last_alerts: Mapping[str, AlertRef],
-    *,
-    duplicate: bool,
-) -> list[Result]:
-    """The results of `readings`, read from their streams' arena records (one each, in order)
-    as their last reading left them; `last_alerts` holds the alert event of each stream's
-    last reading."""
-    flags = records["last_flags"]
-    locs: list[list[float] | None] = records["last_loc"].tolist()
-    scales: list[list[float] | None] = records["last_scale"].tolist()
-    for j in np.flatnonzero((flags & SCORED) == 0).tolist():
-        locs[j] = scales[j] = None
-    stream_ids = [r.stream_id for r in readings]
-    alerts: Iterable[AlertRef | None] = itertools.repeat(None)
+    refused: Mapping[int, object],
+) -> dict[int, AlertRef]:
+    """Row -> alert event, for the rows not `refused` whose flags say their reading opened or
+    closed an alert; `last_alerts` holds the event of each stream's last reading."""
     alerted = np.flatnonzero(flags & (OPENED | CLOSED)).tolist()
-    if alerted:
-        alerts = [None] * len(readings)
-        for j in alerted:
-            alerts[j] = last_alerts.get(stream_ids[j])
-    # Columns zipped into Results by C-level iteration: a Python loop per reading, with one
-    # tuple built by hand, costs about twice as much.
-    columns = zip(
-        stream_ids,
-        [r.timestamp for r in readings],
-        itertools.repeat(model),
-        locs,
-        scales,
-        records["last_score"].tolist(),
-        records["threshold"].tolist(),
-        *(_flag(flags, bit) for bit in (ANOMALY, WARMING, GAP)),
-        itertools.repeat(duplicate),
-        alerts,
-    )
-    return list(map(_new_result, itertools.repeat(Result), columns))
+    events = {j: last_alerts.get(stream_ids[j]) for j in alerted if j not in refused}
+    return {j: ref for j, ref in events.items() if ref is not None}
+
+
+def _bools(mask: np.ndarray) -> Iterable[bool]:
+    return mask.tolist() if mask.any() else itertools.repeat(False)
 
 
 def _flag(flags: np.ndarray, bit: int) -> Iterable[bool]:

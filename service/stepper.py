@@ -21,7 +21,7 @@ import numpy as np
 
 from service import likelihood, normalization, scoring
 from service.alerts import Alert, iso, update_peak
-from service.errors import InvalidReadingError, OutOfOrderError
+from service.errors import InvalidReadingError, OutOfOrderError, StreamwatchError
 from service.model import Forecaster
 from service.results import (
     ANOMALY,
@@ -31,9 +31,9 @@ from service.results import (
     SCORED,
     WARMING,
     AlertRef,
-    Outcome,
     Reading,
-    results_of,
+    ResultBlock,
+    alert_events,
 )
 from service.settings import Settings
 from service.state import ArenaSnapshot, StateArena, state_of
@@ -56,7 +56,7 @@ class StreamInfo:
 
 @dataclass(frozen=True)
 class StepOutcome:
-    outcomes: list[Outcome]
+    block: ResultBlock
     events: list[tuple[str, Alert]]
 
 
@@ -152,62 +152,65 @@ class Stepper:
         )
 
     def apply(self, readings: Sequence[Reading], slots: np.ndarray | None = None) -> StepOutcome:
-        """Apply one reading per distinct bound stream; outcomes in the order given.
-
-        Each reading has the model's number of channels (the engine checks); `slots` are
-        the streams' slots when the caller has looked them up already.
-        """
+        """`apply_columns` for readings given one by one."""
         n, channels = len(readings), self.model.card.n_channels
+        stream_ids = [r.stream_id for r in readings]
         if slots is None:
-            slots = self.arena.slots_of([r.stream_id for r in readings])
+            slots = self.arena.slots_of(stream_ids)
         ts = np.fromiter([r.timestamp for r in readings], np.float64, n)
         # fromiter over the flattened values: np.array on a list of tuples is ~2.5x slower
         x = np.fromiter(
             itertools.chain.from_iterable([r.values for r in readings]), np.float64, n * channels
         ).reshape(n, channels)  # (batch, channels)
+        return self.apply_columns(stream_ids, ts, x, slots)
+
+    def apply_columns(
+        self, stream_ids: list[str], ts: np.ndarray, x: np.ndarray, slots: np.ndarray
+    ) -> StepOutcome:
+        """Apply one reading per distinct bound stream, given as columns: `ts` (batch,) epoch
+        seconds, `x` (batch, channels) with NaN for a missing channel, `slots` (batch,) the
+        streams' slots. The results come in the order given."""
         records = self.arena.take(slots)  # (batch,) this round's working copy
         last_ts = records["last_ts"]
         duplicate = ts == last_ts
         late = ts < last_ts
         fresh = ~(duplicate | late)
-        outcomes: list[Outcome | None] = [None] * len(readings)
+        errors: dict[int, StreamwatchError] = {}
         for i in np.flatnonzero(late).tolist():
-            outcomes[i] = OutOfOrderError(
-                f"stream {readings[i].stream_id!r} is at {_fmt(last_ts[i])}; "
+            errors[i] = OutOfOrderError(
+                f"stream {stream_ids[i]!r} is at {_fmt(last_ts[i])}; "
                 f"a reading at {_fmt(ts[i])} is older and was not applied"
             )
-        if duplicate.any():  # retried readings: the results they got the first time
-            again = np.flatnonzero(duplicate)
-            stored = results_of(
-                [readings[i] for i in again.tolist()], records.take(again), self.name,
-                self._last_alert, duplicate=True,
-            )
-            for i, result in zip(again.tolist(), stored, strict=True):
-                outcomes[i] = result
         events: list[tuple[str, Alert]] = []
         rows = np.flatnonzero(fresh)
-        if rows.size:
-            if rows.size < len(readings):
-                slots, ts, x, records = slots[rows], ts[rows], x[rows], records.take(rows)
+        if rows.size == len(stream_ids):  # the usual round: every reading is new
             # Huge values may overflow on the way; _advance refuses what is not finite, so
             # numpy's warnings say nothing new (and, raised as errors, would stop the engine).
             with np.errstate(over="ignore", invalid="ignore"):
-                events = self._advance(readings, rows, slots, records, ts, x, outcomes)
-        return StepOutcome(outcomes, events)  # type: ignore[arg-type]
+                events = self._advance(stream_ids, rows, slots, records, ts, x, errors)
+        elif rows.size:
+            rec = records.take(rows)
+            with np.errstate(over="ignore", invalid="ignore"):
+                events = self._advance(stream_ids, rows, slots[rows], rec, ts[rows], x[rows],
+                                       errors)
+            records[rows] = rec  # the duplicates keep the records their first time left
+        alerts = alert_events(stream_ids, records["last_flags"], self._last_alert, errors)
+        block = ResultBlock(self.name, stream_ids, ts, records, duplicate, alerts, errors)
+        return StepOutcome(block, events)
 
     def _advance(
         self,
-        readings: Sequence[Reading],
+        stream_ids: list[str],
         rows: np.ndarray,
         slots: np.ndarray,
         rec: np.ndarray,
         ts: np.ndarray,
         x: np.ndarray,
-        outcomes: list[Outcome | None],
+        errors: dict[int, StreamwatchError],
     ) -> list[tuple[str, Alert]]:
         """Step the readings `rows` of fresh streams; `rec` holds their slots' records. The
         likelihood updates its own fields in place; every other field is read before the
-        first is written back."""
+        first is written back. A reading refused here gets its error in `errors`."""
         gap = self._gaps(rec, ts)
         if gap.any() and self._time.gap_policy == "rewarm":
             self.arena.refresh(rec, gap, keep=("threshold", "last_ts", "interval", "seen"))
@@ -234,18 +237,19 @@ class Stepper:
             finite &= np.isfinite(s).all(axis=(0, 2))
         if not finite.all():  # never let a poisoned state in: refuse those readings
             for i in rows[~finite].tolist():
-                outcomes[i] = InvalidReadingError(
-                    f"stream {readings[i].stream_id!r}: the model produced a non-finite "
+                errors[i] = InvalidReadingError(
+                    f"stream {stream_ids[i]!r}: the model produced a non-finite "
                     "forecast for this reading; it was not applied"
                 )
             keep = finite
-            rows, slots, rec, ts, x, gap, observed, scorable, z = (
-                v[keep] for v in (rows, slots, rec, ts, x, gap, observed, scorable, z)
+            rows, slots, ts, x, gap, observed, scorable, z = (
+                v[keep] for v in (rows, slots, ts, x, gap, observed, scorable, z)
             )
             count, mean, var, loc, scale, next_loc, next_scale = (
                 v[keep] for v in (count, mean, var, loc, scale, next_loc, next_scale)
             )
             new_state = tuple(s[:, keep] for s in new_state)
+        whole, rec = rec, (rec if finite.all() else rec[finite])  # the rows stepped
 
         s = scoring.surprise(z, observed & scorable[:, None], self.model.card.calibration)
         warming = count <= self._norm.warmup_n
@@ -288,17 +292,9 @@ class Stepper:
         )
         self.arena.put(slots, rec, time.monotonic())
 
-        events = self._track_alerts(readings, rows, rule, score, ts, loc, x)
-        if len(rows) == len(outcomes):
-            outcomes[:] = results_of(readings, rec, self.name, self._last_alert, duplicate=False)
-        else:
-            done = rows.tolist()
-            stepped = [readings[i] for i in done]
-            for i, result in zip(
-                done, results_of(stepped, rec, self.name, self._last_alert, duplicate=False),
-                strict=True,
-            ):
-                outcomes[i] = result
+        events = self._track_alerts(stream_ids, rows, rule, score, ts, loc, x)
+        if rec is not whole:
+            whole[finite] = rec
         return events
 
     def _score_state(self, rec: np.ndarray) -> likelihood.LikelihoodState:
@@ -319,7 +315,7 @@ class Stepper:
 
     def _track_alerts(
         self,
-        readings: Sequence[Reading],
+        stream_ids: list[str],
         rows: np.ndarray,
         rule: scoring.AlertUpdate,
         score_value: np.ndarray,
@@ -329,7 +325,7 @@ class Stepper:
     ) -> list[tuple[str, Alert]]:
         events: list[tuple[str, Alert]] = []
         for j in np.flatnonzero(rule.opened | rule.closed | rule.is_open):
-            stream_id = readings[rows[j]].stream_id
+            stream_id = stream_ids[rows[j]]
             at, value = float(ts[j]), float(score_value[j])
             forecast, actual = _floats(loc[j]), _floats(x[j])
             if rule.opened[j]:

@@ -128,6 +128,34 @@ def test_a_batch_sent_as_columns_is_answered_as_the_same_readings_sent_as_rows(
         assert got["status"][refused]["status"] == 422 and got["score"][refused] is None
 
 
+def test_time_steps_sent_as_columns_are_answered_as_the_same_sent_as_rows(
+    client: TestClient,
+) -> None:
+    """A gateway's usual traffic: each request one time step of its streams. Once its streams
+    are bound, a batch of columns goes through the engine as columns and is answered from
+    them; the answers are those of the same readings sent as rows."""
+    n = 300
+    series = {f"s{k}": sine(n, level=20.0 + k, amplitude=3.0, seed=5 + k) for k in range(10)}
+    series["s0"][250] += 40.0  # an alert opens and closes
+    got: dict[str, list] = {key: [] for key in ("rows", "columns")}
+    for t in range(n):
+        rows = [{"stream_id": f"row-{sid}", "timestamp": t, "value": float(v[t])}
+                for sid, v in series.items()]
+        got["rows"] += client.post("/v1/readings", json={"readings": rows}).json()["results"]
+        columns = {"stream_id": [f"col-{sid}" for sid in series], "timestamp": [t] * 10,
+                   "value": [float(v[t]) for v in series.values()]}
+        answer = client.post("/v1/readings", json={"columns": columns}).json()["columns"]
+        rows_of_answer = zip(*answer.values(), strict=True)
+        got["columns"] += [dict(zip(answer, row, strict=True)) for row in rows_of_answer]
+    events = [r["alert"]["event"] for r in got["columns"] if r["alert"]]
+    assert events == ["opened", "closed"]
+    for row, col in zip(got["rows"], got["columns"], strict=True):
+        assert col.pop("stream_id") == "col-" + row.pop("stream_id").removeprefix("row-")
+        alert, col_alert = row.pop("alert", None), col.pop("alert")
+        assert (alert and alert["event"]) == (col_alert and col_alert["event"])
+        assert col == row
+
+
 def test_one_streams_readings_can_be_sent_as_columns(client: TestClient) -> None:
     columns = {"timestamp": list(range(1, 31)), "values": [[float(t % 4)] for t in range(30)]}
     response = client.post("/v1/streams/pump-3/readings", json={"columns": columns})

@@ -9,8 +9,11 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 
+from service import dataplane
+from service.engine import Engine
 from service.errors import (
     CapacityError,
     InvalidReadingError,
@@ -18,7 +21,8 @@ from service.errors import (
     OutOfOrderError,
     UnknownModelError,
 )
-from service.results import Reading, Result
+from service.results import Reading, ReadingColumns, Result, ResultRuns
+from service.settings import Settings
 from tests.conftest import MODELS_DIR, make_settings, running_engine, sine, stream_state
 
 pytestmark = pytest.mark.anyio
@@ -37,15 +41,17 @@ def _comparable(result: object) -> object:
     return repr(result)
 
 
-async def test_concurrent_clients_give_bitwise_the_results_of_each_stream_fed_alone(
-    tmp_path: Path,
-) -> None:
-    n_streams, n_readings = 12, 160
+def _series(n_streams: int, n_readings: int) -> dict[str, np.ndarray]:
     series = {f"s{i}": sine(n_readings, period=20 + 3 * i, seed=i, level=10 * i)
               for i in range(n_streams)}
-    series["s3"][130] += 25.0  # one spike, so alerts are part of what must match
-    settings = make_settings(tmp_path, engine={"max_wait_ms": 0.2, "max_batch": 7})
+    series["s3"][n_readings - 30] += 25.0  # one spike, so alerts are part of what must match
+    return series
 
+
+async def _fed_alone(
+    settings: Settings, series: dict[str, np.ndarray]
+) -> tuple[dict[str, list[object]], dict[str, dict[str, np.ndarray]]]:
+    """Each stream's results and final state, its readings submitted one at a time."""
     alone: dict[str, list[object]] = {}
     alone_state = {}
     async with running_engine(settings) as engine:
@@ -53,6 +59,27 @@ async def test_concurrent_clients_give_bitwise_the_results_of_each_stream_fed_al
             alone[sid] = [_comparable(r) for reading in _readings(sid, values)
                           for r in await engine.submit([reading])]
             alone_state[sid] = stream_state(engine, sid)
+    return alone, alone_state
+
+
+def _assert_as_alone(
+    engine: Engine, together: dict[str, list[object]], alone: dict[str, list[object]],
+    alone_state: dict[str, dict[str, np.ndarray]],
+) -> None:
+    for sid in alone:
+        assert together[sid] == alone[sid]
+        state = stream_state(engine, sid)
+        for name, array in alone_state[sid].items():
+            np.testing.assert_array_equal(state[name], array, err_msg=f"{sid}.{name}")
+
+
+async def test_concurrent_clients_give_bitwise_the_results_of_each_stream_fed_alone(
+    tmp_path: Path,
+) -> None:
+    n_streams, n_readings = 12, 160
+    series = _series(n_streams, n_readings)
+    settings = make_settings(tmp_path, engine={"max_wait_ms": 0.2, "max_batch": 7})
+    alone, alone_state = await _fed_alone(settings, series)
 
     rng = random.Random(7)
     position = dict.fromkeys(series, 0)
@@ -88,11 +115,96 @@ async def test_concurrent_clients_give_bitwise_the_results_of_each_stream_fed_al
     async with running_engine(settings) as engine:
         await asyncio.gather(*(client() for _ in range(16)))
         assert engine.rounds < n_streams * n_readings  # readings really were batched
-        for sid in series:
-            assert together[sid] == alone[sid]
-            state = stream_state(engine, sid)
-            for name, array in alone_state[sid].items():
-                np.testing.assert_array_equal(state[name], array, err_msg=f"{sid}.{name}")
+        _assert_as_alone(engine, together, alone, alone_state)
+
+
+async def test_columns_and_rows_from_many_clients_give_bitwise_the_results_fed_alone(
+    tmp_path: Path,
+) -> None:
+    """Batches as columns, pipelined (each next one a later time step of the same streams,
+    queued before the last is answered), among batches of rows: rounds take columns in runs,
+    a part of a batch at a time, and each stream's readings still apply in order, exactly as
+    if each stream were fed alone. Their columns answer as the same results cut per row."""
+    n_streams, n_readings = 10, 120
+    series = _series(n_streams, n_readings)
+    settings = make_settings(tmp_path, engine={"max_wait_ms": 0.2, "max_batch": 7})
+    alone, alone_state = await _fed_alone(settings, series)
+
+    rng = random.Random(11)
+    position = dict.fromkeys(series, 0)
+    busy: set[str] = set()
+    together: dict[str, list[object]] = {sid: [] for sid in series}
+    answered_as_columns = 0
+
+    async def client() -> None:
+        nonlocal answered_as_columns
+        while any(position[s] < n_readings for s in series):
+            free = [s for s in series if s not in busy and position[s] < n_readings]
+            if not free:
+                await asyncio.sleep(0)
+                continue
+            chosen = sorted(rng.sample(free, k=min(len(free), rng.randint(1, 5))))
+            busy.update(chosen)
+            steps = rng.randint(1, 4)
+            futures, sent = [], []
+            for _ in range(steps):
+                ids = [s for s in chosen if position[s] < n_readings]
+                if not ids:
+                    break
+                rng.shuffle(ids)
+                at = [position[s] for s in ids]
+                for s in ids:
+                    position[s] += 1
+                if rng.random() < 0.25:  # one by one, queued behind any columns
+                    batch = [Reading(s, float(t), (float(series[s][t]),))
+                             for s, t in zip(ids, at, strict=True)]
+                    futures.append(engine.enqueue(batch))
+                    sent.append(None)
+                else:
+                    columns = ReadingColumns(
+                        ids, np.array(at, np.float64),
+                        np.array([[series[s][t]] for s, t in zip(ids, at, strict=True)]),
+                    )
+                    futures.append(engine.enqueue_columns(columns))
+                    sent.append(columns)
+                await asyncio.sleep(0)
+            for future, columns in zip(futures, sent, strict=True):
+                got = await future
+                if isinstance(got, ResultRuns):
+                    answered_as_columns += 1
+                    cut = dataplane.answer(columns, got, columns=True)  # from the arrays
+                    rows = dataplane.render_columns(dataplane.entries(columns, got))
+                    assert orjson.dumps(cut) == orjson.dumps(rows)  # the same on the wire
+                    got = got.outcomes()
+                for r in got:
+                    together[r.stream_id].append(_comparable(r))
+            busy.difference_update(chosen)
+
+    async with running_engine(settings) as engine:
+        await asyncio.gather(*(client() for _ in range(6)))
+        _assert_as_alone(engine, together, alone, alone_state)
+    assert answered_as_columns > 50  # most batches went through as columns
+
+
+async def test_a_refused_reading_among_columns_gets_its_error_and_the_rest_go_on(
+    settings,
+) -> None:
+    def columns(ids: list[str], ts: list[float]) -> ReadingColumns:
+        return ReadingColumns(ids, np.array(ts), np.ones((len(ids), 1)))
+
+    async with running_engine(settings) as engine:
+        await engine.enqueue_columns(columns(["a", "b", "c"], [0.0, 0.0, 0.0]))  # binds them
+        await engine.enqueue_columns(columns(["a", "b", "c"], [5.0, 5.0, 5.0]))
+        late = columns(["a", "b", "c"], [6.0, 3.0, 6.0])
+        got = await engine.enqueue_columns(late)
+        assert isinstance(got, ResultRuns)  # all three bound: they went as columns
+        body = dataplane.answer(late, got, columns=True)["columns"]
+        assert body["status"][0] == body["status"][2] == "ok"
+        assert body["status"][1]["status"] == 409 and body["score"][1] is None
+        assert [stream_state(engine, s)["seen"] for s in "abc"] == [3, 2, 3]
+        again = await engine.enqueue_columns(columns(["a", "a"], [7.0, 8.0]))  # not distinct
+        assert not isinstance(again, ResultRuns)
+        assert [r.timestamp for r in again] == [7.0, 8.0]
 
 
 async def test_results_come_back_in_the_order_sent(settings) -> None:
@@ -270,14 +382,15 @@ async def test_routes_and_per_stream_thresholds_apply_to_new_streams(tmp_path) -
 
 
 class _FailsOnce:
-    """An observer that raises on the first round it is told of: a fault inside a round."""
+    """An observer that raises on the `at`-th round it is told of: a fault inside a round."""
 
-    def __init__(self) -> None:
+    def __init__(self, at: int = 1) -> None:
         self.rounds = 0
+        self.at = at
 
-    def stepped(self, model: str, outcomes: object, seconds: float) -> None:
+    def stepped(self, model: str, block: object, seconds: float) -> None:
         self.rounds += 1
-        if self.rounds == 1:
+        if self.rounds == self.at:
             raise RuntimeError("injected fault")
 
     def refused(self, errors: object) -> None:
@@ -288,7 +401,6 @@ class _FailsOnce:
 
 
 async def test_a_fault_in_one_round_fails_its_readings_and_the_engine_goes_on(settings) -> None:
-    from service.engine import Engine
     from service.errors import RoundFailedError
     from service.registry import ModelRegistry
 
@@ -302,3 +414,28 @@ async def test_a_fault_in_one_round_fails_its_readings_and_the_engine_goes_on(se
         await engine.stop()
     assert isinstance(failed, RoundFailedError) and failed.status == 500
     assert isinstance(ok, Result)
+
+
+async def test_a_fault_in_a_round_of_columns_fails_its_readings_and_the_engine_goes_on(
+    settings,
+) -> None:
+    from service.errors import RoundFailedError
+    from service.registry import ModelRegistry
+
+    engine = Engine(ModelRegistry.load(settings.model), settings, lambda events: None,
+                    observer=_FailsOnce(at=2))
+    ids = ["a", "b"]
+    await engine.start()
+    try:
+        first = await engine.enqueue_columns(ReadingColumns(ids, np.zeros(2), np.ones((2, 1))))
+        failed = await asyncio.wait_for(
+            engine.enqueue_columns(ReadingColumns(ids, np.ones(2), np.ones((2, 1)))), 5
+        )
+        ok = await asyncio.wait_for(
+            engine.enqueue_columns(ReadingColumns(ids, np.full(2, 2.0), np.ones((2, 1)))), 5
+        )
+    finally:
+        await engine.stop()
+    assert all(isinstance(r, Result) for r in first)  # new streams: bound one by one
+    assert [type(r) for r in failed] == [RoundFailedError] * 2
+    assert isinstance(ok, ResultRuns) and all(isinstance(r, Result) for r in ok.outcomes())

@@ -15,6 +15,7 @@ from service.parsing import (
     _uniform,
     _uniform_columns,
     _validated,
+    as_parsed,
     parse_columns,
     parse_items,
 )
@@ -142,7 +143,7 @@ def test_a_batch_as_items_or_as_columns_parses_as_its_items_would_one_by_one(
     batches = [parse_items(items, LIMITS, stream_id)]
     if all(list(item) == keys for item in items):  # else a field only one item has: no column
         columns = {key: [item[key] for item in items] for key in keys}
-        batches.append(parse_columns({"columns": columns}, LIMITS, stream_id))
+        batches.append(as_parsed(parse_columns({"columns": columns}, LIMITS, stream_id)))
     for parsed in batches:
         assert len(parsed) == len(items)
         assert all(_same(got, want) for got, want in zip(parsed, expected, strict=True))
@@ -172,7 +173,9 @@ def test_a_stream_routes_columns_have_no_stream_id_column() -> None:
     body = {"columns": {"stream_id": ["a"], "timestamp": [1], "value": [1.0]}}
     with pytest.raises(InvalidReadingError, match="unknown column"):
         parse_columns(body, LIMITS, "pump-1")
-    (reading,) = parse_columns({"columns": {"timestamp": [1], "value": [1.0]}}, LIMITS, "pump-1")
+    (reading,) = as_parsed(
+        parse_columns({"columns": {"timestamp": [1], "value": [1.0]}}, LIMITS, "pump-1")
+    )
     assert reading == Reading("pump-1", 1.0, (1.0,))
 
 
@@ -182,7 +185,7 @@ def test_columns_without_timestamps_are_refused_reading_by_reading() -> None:
         ({"columns": {"stream_id": ids, "value": [1.0] * 10}}, None),
         ({"columns": {"value": [1.0] * 10}}, "pump-1"),
     ):
-        parsed = parse_columns(body, LIMITS, stream_id)
+        parsed = as_parsed(parse_columns(body, LIMITS, stream_id))
         assert len(parsed) == 10 and all(isinstance(p, Failed) for p in parsed)
         assert "timestamp" in parsed[0].error.detail
 

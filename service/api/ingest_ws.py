@@ -21,8 +21,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from service import dataplane
 from service.api.deps import Ingest, IngestDep, frame_admission
 from service.errors import InvalidReadingError, StreamwatchError
-from service.parsing import Parsed, decode_json, is_columns, parse_columns, parse_items
-from service.results import Outcome
+from service.parsing import decode_json, is_columns, parse_columns, parse_items
 from service.schemas import problem
 
 router = APIRouter(tags=["readings"])
@@ -54,10 +53,11 @@ async def ingest_ws(websocket: WebSocket, ingest: IngestDep) -> None:
 
 
 # A frame on its way: its reply already (a refused frame), or (seq, parsed, their outcomes,
-# how to render them). The engine's future is queued as it is: a task per frame cost more than
-# the frame's parsing.
-_Render = Callable[[list[dataplane.Entry]], dict[str, Any]]
-_Pending = dict[str, Any] | tuple[Any, list[Parsed], "asyncio.Future[list[Outcome]]", _Render]
+# whether it came as columns). The engine's future is queued as it is: a task per frame cost
+# more than the frame's parsing.
+_Pending = (
+    dict[str, Any] | tuple[Any, dataplane.Batch, "asyncio.Future[dataplane.Outcomes]", bool]
+)
 
 
 def _submit_frame(frame: bytes, ingest: Ingest, admit: Callable[[], None]) -> _Pending:
@@ -68,11 +68,12 @@ def _submit_frame(frame: bytes, ingest: Ingest, admit: Callable[[], None]) -> _P
         if isinstance(body, dict):
             seq = body.pop("seq", None)
         admit()  # a frame counts against the key's request rate
-        if is_columns(body):
-            parsed, render = parse_columns(body, ingest.limits), dataplane.render_columns
-        else:
-            parsed, render = parse_items(_frame_items(body), ingest.limits), dataplane.render
-        return seq, parsed, dataplane.submit(ingest.engine, parsed), render
+        columns = is_columns(body)
+        parsed: dataplane.Batch = (
+            parse_columns(body, ingest.limits) if columns
+            else parse_items(_frame_items(body), ingest.limits)
+        )
+        return seq, parsed, dataplane.submit(ingest.engine, parsed), columns
     except StreamwatchError as error:
         return {"seq": seq, "error": problem(error)}
 
@@ -95,8 +96,8 @@ async def _write_replies(websocket: WebSocket, replies: asyncio.Queue[_Pending |
         if isinstance(pending, dict):
             reply = pending
         else:
-            seq, parsed, outcomes, render = pending
-            reply = {"seq": seq, **render(dataplane.entries(parsed, await outcomes))}
+            seq, parsed, outcomes, columns = pending
+            reply = {"seq": seq, **dataplane.answer(parsed, await outcomes, columns)}
         try:
             await websocket.send_text(orjson.dumps(reply).decode())
         except (WebSocketDisconnect, RuntimeError):
