@@ -128,10 +128,10 @@ async def _step_costs(settings: Settings) -> dict[str, float]:
             parsed = parse_items(items, settings.limits)
             parse += time.process_time() - t
             t = time.process_time()
-            outcomes = await engine.enqueue(parsed)  # type: ignore[arg-type]  # all Readings
+            outcomes = await dataplane.submit(engine, parsed)
             engine_s += time.process_time() - t
             t = time.process_time()
-            orjson.dumps(dataplane.render(dataplane.entries(parsed, outcomes)))
+            orjson.dumps(dataplane.answer(parsed, outcomes, columns=False))
             render += time.process_time() - t
     finally:
         await engine.stop()

@@ -2,7 +2,10 @@
 
 The engine's readings/s (queue, rounds, gather, normalize, one model call, score, scatter,
 results) against the same model's ORT session stepping random batches of the same size with
-nothing around it. Both run in one process pinned to the server core, one after the other.
+nothing around it. The readings go in twice: one by one (`Reading`s, as a batch with a
+malformed reading, or several of one stream, goes) and as columns (as a well-formed batch
+across streams goes, sent as rows or as columns). All run in one process pinned to the
+server core, one after the other.
 Rates are per CPU-second of that process (`time.process_time`), so a neighbour on a shared
 machine does not move them; the wall-clock rates are in the details.
 
@@ -41,13 +44,15 @@ def run(models_dir: Path, duration_s: float = 8.0, streams: int = STREAMS,
     raw = json.loads(done.stdout.strip().splitlines()[-1])
     suffix = "" if (intra_op_threads, spin) == (1, False) else \
         f", intra_op={intra_op_threads}, spin={spin}"
+    key = "engine_vs_ort" + suffix.replace(", ", "_").replace("=", "")
+    name = f"engine alone, {streams:,} streams, batch {raw['batch']}{suffix}"
     return [Figure(
-        key="engine_vs_ort" + suffix.replace(", ", "_").replace("=", ""),
-        name=f"engine alone, {streams:,} streams, batch {raw['batch']}{suffix}",
-        value=raw["engine_rate"], unit="readings/s",
+        key=key + ("_columns" if columns else ""),
+        name=name + (", as columns" if columns else ""),
+        value=raw["columns_rate" if columns else "engine_rate"], unit="readings/s",
         baseline_name="raw ORT, same batch", baseline=raw["ort_rate"],
         target=0.60 if not suffix else None, target_on="ratio", details=raw,
-    )]
+    ) for columns in (False, True)]
 
 
 def _child(models_dir: Path, duration_s: float, streams: int, intra_op_threads: int,
@@ -62,15 +67,17 @@ def _child(models_dir: Path, duration_s: float, streams: int, intra_op_threads: 
     )
     batch = settings.engine.max_batch
     gc.set_threshold(*settings.server.gc_thresholds)  # as `streamwatch serve` does
-    engine = asyncio.run(_engine_rate(settings, streams, duration_s))
-    return {**engine, **_ort_rate(settings, batch, duration_s), "batch": batch}
+    rows = asyncio.run(_engine_rate(settings, streams, duration_s, columns=False))
+    columns = asyncio.run(_engine_rate(settings, streams, duration_s, columns=True))
+    return {**rows, **{k.replace("engine", "columns"): v for k, v in columns.items()},
+            **_ort_rate(settings, batch, duration_s), "batch": batch}
 
 
-async def _engine_rate(settings: object, streams: int, duration_s: float
+async def _engine_rate(settings: object, streams: int, duration_s: float, columns: bool
                        ) -> dict[str, float]:
     from service.engine import Engine
     from service.registry import ModelRegistry
-    from service.results import Reading
+    from service.results import Reading, ReadingColumns
     from service.settings import Settings
 
     assert isinstance(settings, Settings)
@@ -81,15 +88,27 @@ async def _engine_rate(settings: object, streams: int, duration_s: float
     rng = np.random.default_rng(0)
     chunk = settings.engine.max_batch
 
-    async def submitter(chunks: Iterator[list[Reading]]) -> None:
+    async def submitter(chunks: Iterator[list[Reading] | ReadingColumns]) -> None:
         for readings in chunks:  # shared: each chunk goes to one submitter, in order
-            await engine.submit(readings)
+            if isinstance(readings, ReadingColumns):
+                await engine.enqueue_columns(readings)
+            else:
+                await engine.submit(readings)
 
     async def one_pass(t: int) -> None:
-        values = rng.normal(size=(streams, n_channels)).tolist()
-        readings = [Reading(sid, float(t), tuple(v)) for sid, v in zip(ids, values, strict=True)]
-        chunks = iter([readings[i : i + chunk] for i in range(0, streams, chunk)])
-        del readings, values
+        values = rng.normal(size=(streams, n_channels))
+        batches: list[list[Reading] | ReadingColumns]
+        if columns:
+            at = np.full(streams, float(t))
+            batches = [ReadingColumns(ids[i : i + chunk], at[i : i + chunk], values[i : i + chunk])
+                       for i in range(0, streams, chunk)]
+        else:
+            readings = [Reading(sid, float(t), tuple(v))
+                        for sid, v in zip(ids, values.tolist(), strict=True)]
+            batches = [readings[i : i + chunk] for i in range(0, streams, chunk)]
+            del readings
+        chunks = iter(batches)
+        del batches, values
         gc.collect()
         gc.freeze()  # the pass's readings are the benchmark's objects, not the engine's
         cpu, wall = time.process_time(), time.perf_counter()

@@ -6,13 +6,14 @@ REST and WebSocket both go through here, so a reading means the same on either.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import Any
 
 import numpy as np
 
 from service.engine import Engine
 from service.errors import StreamwatchError
-from service.parsing import Failed, Parsed, as_parsed, error_result_json
+from service.parsing import Batch, Failed, error_result_json
 from service.results import (
     ANOMALY,
     GAP,
@@ -28,11 +29,10 @@ from service.results import (
 from service.schemas import RESULT_FIELDS, iso_many, result_json
 
 Entry = Result | Failed
-Batch = ReadingColumns | list[Parsed]  # a parsed request: columns, or one entry per item
 Outcomes = list[Outcome] | ResultRuns  # the engine's answer: one per reading, or as columns
 
 
-async def resolve(engine: Engine, parsed: list[Parsed]) -> list[Entry]:
+async def resolve(engine: Engine, parsed: Batch) -> list[Entry]:
     """One entry per parsed item, in order: the engine's result, or why it failed."""
     return entries(parsed, await submit(engine, parsed))
 
@@ -51,7 +51,11 @@ def entries(parsed: Batch, outcomes_of_readings: Outcomes) -> list[Entry]:
     """One entry per parsed item, in order, given the outcomes of its readings."""
     if isinstance(outcomes_of_readings, ResultRuns):
         outcomes_of_readings = outcomes_of_readings.outcomes()
-    parsed = as_parsed(parsed)
+    if isinstance(parsed, ReadingColumns):  # every item a reading: no Reading built for each
+        both: list[Any] = list(outcomes_of_readings)
+        for i in [i for i, o in enumerate(both) if type(o) is not Result]:
+            both[i] = Failed(parsed.stream_ids[i], float(parsed.timestamps[i]), both[i])
+        return both
     outcomes = iter(outcomes_of_readings)
     entries: list[Entry] = []
     for p in parsed:
@@ -104,7 +108,7 @@ _SCALARS = ("score", "threshold", "anomaly", "warming_up", "gap", "duplicate")
 
 def answer(parsed: Batch, outcomes: Outcomes, columns: bool) -> dict[str, Any]:
     """The body that answers a request: its results, as columns if it came as columns."""
-    if isinstance(outcomes, ResultRuns) and (cut := _cut_columns(outcomes)) is not None:
+    if columns and isinstance(outcomes, ResultRuns) and (cut := _cut_columns(outcomes)):
         return {"columns": cut}
     both = entries(parsed, outcomes)
     return render_columns(both) if columns else render(both)
@@ -121,7 +125,8 @@ def _cut_columns(results: ResultRuns) -> dict[str, Any] | None:
         pieces.append(_block_columns(block, row, end))
     if len(pieces) == 1:
         return pieces[0]
-    return {key: [v for piece in pieces for v in piece[key]] for key in RESULT_FIELDS}
+    return {key: list(itertools.chain.from_iterable(piece[key] for piece in pieces))
+            for key in RESULT_FIELDS}
 
 
 def _block_columns(block: ResultBlock, lo: int, hi: int) -> dict[str, Any]:

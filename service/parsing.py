@@ -110,12 +110,12 @@ class Failed:
 
 
 Parsed = Reading | Failed
+Batch = ReadingColumns | list[Parsed]  # a parsed request: as columns, or one entry per item
 
 
-def parse_items(
-    items: list[Any], limits: LimitSettings, stream_id: str | None = None
-) -> list[Parsed]:
-    """Each item to a Reading, or to a Failed that says why."""
+def parse_items(items: list[Any], limits: LimitSettings, stream_id: str | None = None) -> Batch:
+    """Each item to a Reading, or to a Failed that says why; as columns when all are plainly
+    well formed (`as_parsed` gives them one by one)."""
     _check_count(len(items), limits)
     uniform = _uniform(items, stream_id, limits)
     if uniform is not None:
@@ -141,7 +141,7 @@ def is_columns(body: Any) -> bool:
 
 def parse_columns(
     body: dict[str, Any], limits: LimitSettings, stream_id: str | None = None
-) -> ReadingColumns | list[Parsed]:
+) -> Batch:
     """A batch sent as columns, `{"columns": {"stream_id": [...], "timestamp": [...],
     "value": [...]}}`: reading i is entry i of every column. The same readings as the items
     it stands for: as columns when all are plainly well formed, else each a Reading or a
@@ -174,7 +174,7 @@ def parse_columns(
 
 def _uniform(
     items: list[Any], stream_id: str | None, limits: LimitSettings
-) -> list[Parsed] | None:
+) -> ReadingColumns | None:
     """The batch fast path for items: all of one shape (dicts with the same keys), then
     checked a column at a time by `_uniform_columns`; None sends the batch item by item."""
     if len(items) < _UNIFORM_MIN or type(items[0]) is not dict:
@@ -186,8 +186,7 @@ def _uniform(
         columns = {key: [raw[key] for raw in items] for key in keys}
     except (KeyError, TypeError):
         return None
-    uniform = _uniform_columns(columns, stream_id, limits)
-    return None if uniform is None else as_parsed(uniform)
+    return _uniform_columns(columns, stream_id, limits)
 
 
 def _uniform_columns(
@@ -227,7 +226,7 @@ def _uniform_columns(
     return ReadingColumns(stream_ids, seconds, values, models)
 
 
-def as_parsed(batch: ReadingColumns | list[Parsed]) -> list[Parsed]:
+def as_parsed(batch: Batch) -> list[Parsed]:
     """A parsed batch one reading at a time."""
     return list(batch.readings()) if isinstance(batch, ReadingColumns) else batch
 

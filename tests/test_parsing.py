@@ -73,7 +73,7 @@ def _same(a: Any, b: Any) -> bool:
 @given(item=_items, per_stream=st.booleans())
 def test_every_item_parses_as_the_wire_model_would_parse_it(item: dict, per_stream: bool) -> None:
     stream_id = "pump-7" if per_stream else None
-    (fast,) = parse_items([item], LIMITS, stream_id)
+    (fast,) = as_parsed(parse_items([item], LIMITS, stream_id))
     assert _same(fast, _validated(item, stream_id, LIMITS))
 
 
@@ -83,7 +83,7 @@ def test_a_well_formed_batch_becomes_readings_and_a_bad_item_keeps_its_error() -
         {"stream_id": "b", "timestamp": "2026-01-01T00:00:00Z", "values": [1.5, None]},
         {"stream_id": "c", "timestamp": 1, "value": math.nan},
     ]
-    a, b, c = parse_items(items, LIMITS)
+    a, b, c = as_parsed(parse_items(items, LIMITS))
     assert a == Reading("a", 1.0, (2.0,))
     assert isinstance(b, Reading) and b.timestamp == 1767225600.0 and math.isnan(b.values[1])
     assert isinstance(c, Failed) and isinstance(c.error, InvalidReadingError)
@@ -140,7 +140,7 @@ def test_a_batch_as_items_or_as_columns_parses_as_its_items_would_one_by_one(
     items, stream_id, spoilt = batch
     expected = [_validated(item, stream_id, LIMITS) for item in items]
     keys = list(items[0])
-    batches = [parse_items(items, LIMITS, stream_id)]
+    batches = [as_parsed(parse_items(items, LIMITS, stream_id))]
     if all(list(item) == keys for item in items):  # else a field only one item has: no column
         columns = {key: [item[key] for item in items] for key in keys}
         batches.append(as_parsed(parse_columns({"columns": columns}, LIMITS, stream_id)))
@@ -203,7 +203,7 @@ def test_one_odd_field_in_a_uniform_batch_is_judged_as_the_wire_model_would(
 ) -> None:
     items = [{"stream_id": f"s{i}", "timestamp": 1767225600 + i, "value": 0.5} for i in range(10)]
     items[4][key] = bad
-    parsed = parse_items(items, LIMITS)
+    parsed = as_parsed(parse_items(items, LIMITS))
     assert all(isinstance(p, Reading) for i, p in enumerate(parsed) if i != 4)
     for got, item in zip(parsed, items, strict=True):
         assert _same(got, _validated(item, None, LIMITS))
@@ -214,5 +214,5 @@ def test_a_stream_id_with_a_newline_is_refused_alone_and_in_a_batch(stream_id: s
     items = [{"stream_id": f"s{i}", "timestamp": 1, "value": 1.0} for i in range(9)]
     items[4]["stream_id"] = stream_id
     for batch in ([items[4]], items):
-        outcome = parse_items(batch, LIMITS)[batch.index(items[4])]
+        outcome = as_parsed(parse_items(batch, LIMITS))[batch.index(items[4])]
         assert isinstance(outcome, Failed) and "must match" in outcome.error.detail

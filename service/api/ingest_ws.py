@@ -21,7 +21,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from service import dataplane
 from service.api.deps import Ingest, IngestDep, frame_admission
 from service.errors import InvalidReadingError, StreamwatchError
-from service.parsing import decode_json, is_columns, parse_columns, parse_items
+from service.parsing import Batch, decode_json, is_columns, parse_columns, parse_items
 from service.schemas import problem
 
 router = APIRouter(tags=["readings"])
@@ -56,7 +56,7 @@ async def ingest_ws(websocket: WebSocket, ingest: IngestDep) -> None:
 # whether it came as columns). The engine's future is queued as it is: a task per frame cost
 # more than the frame's parsing.
 _Pending = (
-    dict[str, Any] | tuple[Any, dataplane.Batch, "asyncio.Future[dataplane.Outcomes]", bool]
+    dict[str, Any] | tuple[Any, Batch, "asyncio.Future[dataplane.Outcomes]", bool]
 )
 
 
@@ -69,7 +69,7 @@ def _submit_frame(frame: bytes, ingest: Ingest, admit: Callable[[], None]) -> _P
             seq = body.pop("seq", None)
         admit()  # a frame counts against the key's request rate
         columns = is_columns(body)
-        parsed: dataplane.Batch = (
+        parsed: Batch = (
             parse_columns(body, ingest.limits) if columns
             else parse_items(_frame_items(body), ingest.limits)
         )
