@@ -41,17 +41,16 @@ def _comparable(result: object) -> object:
     return repr(result)
 
 
-def _series(n_streams: int, n_readings: int) -> dict[str, np.ndarray]:
+async def _fed_alone(tmp_path: Path, n_streams: int, n_readings: int) -> tuple[
+    dict[str, np.ndarray], Settings,
+    tuple[dict[str, list[object]], dict[str, dict[str, np.ndarray]]],
+]:
+    """Streams' series, settings of small rounds, and each stream's results and final state
+    with its readings submitted one at a time."""
     series = {f"s{i}": sine(n_readings, period=20 + 3 * i, seed=i, level=10 * i)
               for i in range(n_streams)}
     series["s3"][n_readings - 30] += 25.0  # one spike, so alerts are part of what must match
-    return series
-
-
-async def _fed_alone(
-    settings: Settings, series: dict[str, np.ndarray]
-) -> tuple[dict[str, list[object]], dict[str, dict[str, np.ndarray]]]:
-    """Each stream's results and final state, its readings submitted one at a time."""
+    settings = make_settings(tmp_path, engine={"max_wait_ms": 0.2, "max_batch": 7})
     alone: dict[str, list[object]] = {}
     alone_state = {}
     async with running_engine(settings) as engine:
@@ -59,7 +58,7 @@ async def _fed_alone(
             alone[sid] = [_comparable(r) for reading in _readings(sid, values)
                           for r in await engine.submit([reading])]
             alone_state[sid] = stream_state(engine, sid)
-    return alone, alone_state
+    return series, settings, (alone, alone_state)
 
 
 def _assert_as_alone(
@@ -77,10 +76,7 @@ async def test_concurrent_clients_give_bitwise_the_results_of_each_stream_fed_al
     tmp_path: Path,
 ) -> None:
     n_streams, n_readings = 12, 160
-    series = _series(n_streams, n_readings)
-    settings = make_settings(tmp_path, engine={"max_wait_ms": 0.2, "max_batch": 7})
-    alone, alone_state = await _fed_alone(settings, series)
-
+    series, settings, (alone, alone_state) = await _fed_alone(tmp_path, n_streams, n_readings)
     rng = random.Random(7)
     position = dict.fromkeys(series, 0)
     busy: set[str] = set()
@@ -126,10 +122,7 @@ async def test_columns_and_rows_from_many_clients_give_bitwise_the_results_fed_a
     a part of a batch at a time, and each stream's readings still apply in order, exactly as
     if each stream were fed alone. Their columns answer as the same results cut per row."""
     n_streams, n_readings = 10, 120
-    series = _series(n_streams, n_readings)
-    settings = make_settings(tmp_path, engine={"max_wait_ms": 0.2, "max_batch": 7})
-    alone, alone_state = await _fed_alone(settings, series)
-
+    series, settings, (alone, alone_state) = await _fed_alone(tmp_path, n_streams, n_readings)
     rng = random.Random(11)
     position = dict.fromkeys(series, 0)
     busy: set[str] = set()
