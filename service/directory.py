@@ -78,10 +78,11 @@ class StreamDirectory:
 
     def slots_of(self, name: str, stream_ids: list[str]) -> np.ndarray | None:
         """The slots of streams bound to model `name`, (batch,) int64; None if any is not."""
-        slots = list(map(self.steppers[name].arena.slot_lookup(), stream_ids))
-        if None in slots:
+        lookup = self.steppers[name].arena.slot_lookup()
+        try:  # fromiter refuses the None of an unbound stream
+            return np.fromiter(map(lookup, stream_ids), np.int64, len(stream_ids))
+        except TypeError:
             return None
-        return np.array(slots, np.int64)
 
     def route(
         self,
