@@ -7,23 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import operator
+from collections.abc import Sequence
 from typing import Any
-
-import numpy as np
 
 from service.engine import Engine
 from service.errors import StreamwatchError
 from service.parsing import Batch, Failed, error_result_json
 from service.results import (
-    ANOMALY,
-    GAP,
-    SCORED,
-    WARMING,
     Outcome,
     Reading,
     ReadingColumns,
     Result,
-    ResultBlock,
     ResultRuns,
 )
 from service.schemas import RESULT_FIELDS, iso_many, result_json
@@ -71,6 +66,7 @@ def entries(parsed: Batch, outcomes_of_readings: Outcomes) -> list[Entry]:
 
 
 def render(entries: list[Entry]) -> dict[str, Any]:
+    """The answer to a request of rows: one object per entry, a result or why it failed."""
     stamps = iter(iso_many([e.timestamp for e in entries if isinstance(e, Result)]))
     return {
         "results": [
@@ -84,26 +80,12 @@ def render_columns(entries: list[Entry]) -> dict[str, Any]:
     """`render` as columns: `columns[field][i]` is `results[i][field]`. A batch sent as
     columns is answered so; with every reading scored (the usual case) the columns are cut
     straight from the results, not from one rendered row each."""
-    if not all(type(e) is Result for e in entries):
+    if not {Result}.issuperset(map(type, entries)):
         rows = render(entries)["results"]
         return {"columns": {key: [row.get(key) for row in rows] for key in RESULT_FIELDS}}
-    column = dict(zip(Result._fields, zip(*entries, strict=True), strict=True)) if entries \
-        else dict.fromkeys(Result._fields, ())
-    return {"columns": {
-        "stream_id": column["stream_id"],
-        "timestamp": iso_many(list(column["timestamp"])),
-        "status": ("ok",) * len(entries),
-        "model": column["model"],
-        "forecast": [
-            None if loc is None else {"loc": loc, "scale": scale}
-            for loc, scale in zip(column["forecast_loc"], column["forecast_scale"], strict=True)
-        ],
-        **{key: column[key] for key in _SCALARS},
-        "alert": [None if a is None else {"id": a.id, "event": a.event} for a in column["alert"]],
-    }}
-
-
-_SCALARS = ("score", "threshold", "anomaly", "warming_up", "gap", "duplicate")
+    columns = zip(*entries, strict=True) if entries else [()] * len(Result._fields)
+    fields: dict[str, Sequence[Any]] = dict(zip(Result._fields, columns, strict=True))
+    return {"columns": _wire_columns(fields)}
 
 
 def answer(parsed: Batch, outcomes: Outcomes, columns: bool) -> dict[str, Any]:
@@ -114,19 +96,6 @@ def answer(parsed: Batch, outcomes: Outcomes, columns: bool) -> dict[str, Any]:
     return render_columns(both) if columns else render(both)
 
 
-def _rows(columns: dict[str, Any]) -> list[dict[str, Any]]:
-    """`render`'s results from `_cut_columns`' columns: each row what `result_json` writes,
-    one dict display per row (a Result and a call each cost half as much again)."""
-    return [
-        {"stream_id": s, "timestamp": t, "status": "ok", "model": m, "forecast": f,
-         "score": score, "threshold": th, "anomaly": a, "warming_up": w, "gap": g,
-         "duplicate": d, "alert": alert}
-        for s, t, m, f, score, th, a, w, g, d, alert in zip(
-            *(columns[key] for key in RESULT_FIELDS if key != "status"), strict=True
-        )
-    ]
-
-
 def _cut_columns(results: ResultRuns) -> dict[str, Any] | None:
     """`render_columns` of results that came as columns, cut straight from their blocks'
     arrays; None if some reading was refused (then they go through `render_columns`)."""
@@ -135,42 +104,49 @@ def _cut_columns(results: ResultRuns) -> dict[str, Any] | None:
         end = row + stop - start
         if any(row <= j < end for j in block.errors):
             return None
-        pieces.append(_block_columns(block, row, end))
+        pieces.append(block.fields(row, end))
     if len(pieces) == 1:
-        return pieces[0]
-    return {key: list(itertools.chain.from_iterable(piece[key] for piece in pieces))
-            for key in RESULT_FIELDS}
+        return _wire_columns(pieces[0])
+    return _wire_columns({key: list(itertools.chain.from_iterable(p[key] for p in pieces))
+                          for key in Result._fields})
 
 
-def _block_columns(block: ResultBlock, lo: int, hi: int) -> dict[str, Any]:
-    records, n = block.records[lo:hi], hi - lo
-    flags = records["last_flags"]
-    locs, scales = records["last_loc"].tolist(), records["last_scale"].tolist()
-    forecast: list[dict[str, Any] | None] = [
-        {"loc": loc, "scale": scale} for loc, scale in zip(locs, scales, strict=True)
-    ]
-    for j in np.flatnonzero((flags & SCORED) == 0).tolist():
-        forecast[j] = None
-    alert: list[dict[str, str] | None] | tuple[None, ...] = (None,) * n
-    if any(lo <= j < hi for j in block.alerts):
-        alert = list(alert)
-        for j, ref in block.alerts.items():
-            if lo <= j < hi:
-                alert[j - lo] = {"id": ref.id, "event": ref.event}
+def _wire_columns(fields: dict[str, Sequence[Any]]) -> dict[str, Any]:
+    """Results' columns, one per `Result` field, as the wire has them (`ResultColumns`)."""
+    n = len(fields["stream_id"])
+    alerts = fields["alert"]
     return {
-        "stream_id": block.stream_ids[lo:hi],
-        "timestamp": iso_many(block.timestamps[lo:hi].tolist()),
+        "stream_id": fields["stream_id"],
+        "timestamp": iso_many(list(fields["timestamp"])),
         "status": ("ok",) * n,
-        "model": (block.model,) * n,
-        "forecast": forecast,
-        "score": records["last_score"].tolist(),
-        "threshold": records["threshold"].tolist(),
-        "anomaly": ((flags & ANOMALY) != 0).tolist(),
-        "warming_up": ((flags & WARMING) != 0).tolist(),
-        "gap": ((flags & GAP) != 0).tolist(),
-        "duplicate": block.duplicate[lo:hi].tolist(),
-        "alert": alert,
+        "model": fields["model"],
+        "forecast": [
+            None if loc is None else {"loc": loc, "scale": scale}
+            for loc, scale in zip(fields["forecast_loc"], fields["forecast_scale"], strict=True)
+        ],
+        "score": fields["score"],
+        "threshold": fields["threshold"],
+        "anomaly": fields["anomaly"],
+        "warming_up": fields["warming_up"],
+        "gap": fields["gap"],
+        "duplicate": fields["duplicate"],
+        "alert": [None if a is None else {"id": a.id, "event": a.event} for a in alerts]
+        if any(alerts) else alerts,
     }
+
+
+def _rows(columns: dict[str, Any]) -> list[dict[str, Any]]:
+    """`render`'s results from results' wire columns: each row what `result_json` writes,
+    one dict display per row (a Result and a call each cost half as much again)."""
+    return [
+        {"stream_id": s, "timestamp": t, "status": "ok", "model": m, "forecast": f,
+         "score": score, "threshold": th, "anomaly": a, "warming_up": w, "gap": g,
+         "duplicate": d, "alert": alert}
+        for s, t, m, f, score, th, a, w, g, d, alert in zip(*_row_columns(columns), strict=True)
+    ]
+
+
+_row_columns = operator.itemgetter(*(key for key in RESULT_FIELDS if key != "status"))
 
 
 async def apply(engine: Engine, parsed: Batch, columns: bool = False) -> dict[str, Any]:

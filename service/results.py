@@ -7,9 +7,9 @@ left; it builds `Result`s in bulk for callers that want one per reading.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -100,33 +100,35 @@ class ResultBlock:
     def __len__(self) -> int:
         return len(self.stream_ids)
 
-    def outcomes(self) -> list[Outcome]:
-        """One Result per row, or the row's error."""
-        n, records = len(self.stream_ids), self.records
+    def fields(self, lo: int, hi: int) -> dict[str, Sequence[Any]]:
+        """Rows [lo, hi) as columns, one per `Result` field (a refused row's mean nothing)."""
+        records, n = self.records[lo:hi], hi - lo
         flags = records["last_flags"]
         locs: list[list[float] | None] = records["last_loc"].tolist()
         scales: list[list[float] | None] = records["last_scale"].tolist()
         for j in np.flatnonzero((flags & SCORED) == 0).tolist():
             locs[j] = scales[j] = None
-        alerts: Iterable[AlertRef | None] = itertools.repeat(None)
-        if self.alerts:
-            alerts = [None] * n
-            for j, ref in self.alerts.items():
-                alerts[j] = ref
-        # Columns zipped into Results by C-level iteration: a Python loop per reading, with
-        # one tuple built by hand, costs about twice as much.
-        columns = zip(
-            self.stream_ids,
-            self.timestamps.tolist(),
-            itertools.repeat(self.model),
+        alerts: Sequence[AlertRef | None] = (None,) * n
+        if any(lo <= j < hi for j in self.alerts):
+            alerts = [self.alerts.get(j) for j in range(lo, hi)]
+        return dict(zip(Result._fields, (
+            self.stream_ids[lo:hi],
+            self.timestamps[lo:hi].tolist(),
+            (self.model,) * n,
             locs,
             scales,
             records["last_score"].tolist(),
             records["threshold"].tolist(),
             *(_flag(flags, bit) for bit in (ANOMALY, WARMING, GAP)),
-            _bools(self.duplicate),
+            _flag(self.duplicate[lo:hi], True),
             alerts,
-        )
+        ), strict=True))
+
+    def outcomes(self) -> list[Outcome]:
+        """One Result per row, or the row's error."""
+        # Columns zipped into Results by C-level iteration: a Python loop per reading, with
+        # one tuple built by hand, costs about twice as much.
+        columns = zip(*self.fields(0, len(self)).values(), strict=True)
         outcomes: list[Outcome] = list(map(_new_result, itertools.repeat(Result), columns))
         for j, error in self.errors.items():
             outcomes[j] = error
@@ -160,11 +162,7 @@ def alert_events(
     return {j: ref for j, ref in events.items() if ref is not None}
 
 
-def _bools(mask: np.ndarray) -> Iterable[bool]:
-    return mask.tolist() if mask.any() else itertools.repeat(False)
-
-
-def _flag(flags: np.ndarray, bit: int) -> Iterable[bool]:
+def _flag(flags: np.ndarray, bit: int | bool) -> Sequence[bool]:
     """Whether each of `flags` has `bit` set; mostly none has (no anomaly, no gap)."""
     has = (flags & bit) != 0
-    return has.tolist() if has.any() else itertools.repeat(False)
+    return has.tolist() if has.any() else (False,) * len(has)
