@@ -315,7 +315,6 @@ class Engine:
     def _run_columns_round(self, runs: list[_Run]) -> None:
         """A round of columns: with every stream bound to the one model, one step on the
         columns; otherwise the readings go one by one, as `_run_round` takes them."""
-        self.rounds += 1
         if len(runs) == 1:
             job, start, stop = runs[0]
             columns = job.columns
@@ -330,9 +329,9 @@ class Engine:
         only = self._streams.only_model(x.shape[1])
         slots = None if only is None else self._streams.slots_of(only, stream_ids)
         if only is None or slots is None:  # a new stream, or another model: one by one
-            self.rounds -= 1  # _run_round counts it
             self._run_round(_one_by_one(runs))
             return
+        self.rounds += 1
         started = time.perf_counter()
         step = self._streams.steppers[only].apply_columns(stream_ids, ts, x, slots)
         observer = self._observer
