@@ -105,7 +105,7 @@ class _ColumnsJob(_Job):
             self.future.set_result(ResultRuns(self.parts))
             return
         for block, row, start, stop in self.parts:
-            self.outcomes[start:stop] = block.outcomes()[row : row + stop - start]
+            self.outcomes[start:stop] = block.outcomes(row, row + stop - start)
         self.future.set_result(self.outcomes)
 
 

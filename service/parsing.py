@@ -22,7 +22,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from service.alerts import iso
 from service.errors import InvalidReadingError, LimitExceededError, StreamwatchError
-from service.results import Reading, ReadingColumns
+from service.results import Reading, ReadingColumns, new_reading
 from service.schemas import STREAM_ID_PATTERN, ReadingIn, StreamReadingIn, Timestamp, problem
 from service.settings import LimitSettings
 
@@ -345,13 +345,14 @@ def _well_formed(raw: Any, stream_id: str | None, limits: LimitSettings) -> Read
         else:
             return None
         check_stream_id(stream_id, limits)
-        return _new_reading(Reading, (stream_id, seconds, floats, model))
+        return new_reading(Reading, (stream_id, seconds, floats, model))
     except (StreamwatchError, KeyError, TypeError, ValueError, OverflowError):
         return None
 
 
 _TIMESTAMP_TYPES = (float, int, str)
-_new_reading = tuple.__new__  # Reading(...) without the Python-level __new__ of a NamedTuple
+
+
 def _channel(v: Any) -> float:
     if v is None:
         return math.nan

@@ -29,7 +29,7 @@ class Reading(NamedTuple):
     model: str | None = None
 
 
-_new_reading = tuple.__new__  # Reading(...) without the Python-level __new__ of a NamedTuple
+new_reading = tuple.__new__  # Reading(...) without the Python-level __new__ of a NamedTuple
 
 
 @dataclass(frozen=True, eq=False)
@@ -52,7 +52,7 @@ class ReadingColumns:
             self.stream_ids, self.timestamps.tolist(), map(tuple, self.values.tolist()), models,
             strict=False,  # models may be repeat()
         )
-        return list(map(_new_reading, itertools.repeat(Reading), rows))
+        return list(map(new_reading, itertools.repeat(Reading), rows))
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,14 +124,16 @@ class ResultBlock:
             alerts,
         ), strict=True))
 
-    def outcomes(self) -> list[Outcome]:
-        """One Result per row, or the row's error."""
+    def outcomes(self, lo: int = 0, hi: int | None = None) -> list[Outcome]:
+        """One Result per row of [lo, hi) (all rows by default), or the row's error."""
+        hi = len(self) if hi is None else hi
         # Columns zipped into Results by C-level iteration: a Python loop per reading, with
         # one tuple built by hand, costs about twice as much.
-        columns = zip(*self.fields(0, len(self)).values(), strict=True)
+        columns = zip(*self.fields(lo, hi).values(), strict=True)
         outcomes: list[Outcome] = list(map(_new_result, itertools.repeat(Result), columns))
         for j, error in self.errors.items():
-            outcomes[j] = error
+            if lo <= j < hi:
+                outcomes[j - lo] = error
         return outcomes
 
 
@@ -145,7 +147,7 @@ class ResultRuns:
     def outcomes(self) -> list[Outcome]:
         """One Result per reading, or its error, in order."""
         return list(itertools.chain.from_iterable(
-            block.outcomes()[row : row + stop - start] for block, row, start, stop in self.runs
+            block.outcomes(row, row + stop - start) for block, row, start, stop in self.runs
         ))
 
 
