@@ -77,7 +77,7 @@ async def _engine_rate(settings: object, streams: int, duration_s: float, column
                        ) -> dict[str, float]:
     from service.engine import Engine
     from service.registry import ModelRegistry
-    from service.results import Reading, ReadingColumns
+    from service.results import Reading, ReadingArrays
     from service.settings import Settings
 
     assert isinstance(settings, Settings)
@@ -88,19 +88,19 @@ async def _engine_rate(settings: object, streams: int, duration_s: float, column
     rng = np.random.default_rng(0)
     chunk = settings.engine.max_batch
 
-    async def submitter(chunks: Iterator[list[Reading] | ReadingColumns]) -> None:
+    async def submitter(chunks: Iterator[list[Reading] | ReadingArrays]) -> None:
         for readings in chunks:  # shared: each chunk goes to one submitter, in order
-            if isinstance(readings, ReadingColumns):
+            if isinstance(readings, ReadingArrays):
                 await engine.enqueue_columns(readings)
             else:
                 await engine.submit(readings)
 
     async def one_pass(t: int) -> None:
         values = rng.normal(size=(streams, n_channels))
-        batches: list[list[Reading] | ReadingColumns]
+        batches: list[list[Reading] | ReadingArrays]
         if columns:
             at = np.full(streams, float(t))
-            batches = [ReadingColumns(ids[i : i + chunk], at[i : i + chunk], values[i : i + chunk])
+            batches = [ReadingArrays(ids[i : i + chunk], at[i : i + chunk], values[i : i + chunk])
                        for i in range(0, streams, chunk)]
         else:
             readings = [Reading(sid, float(t), tuple(v))

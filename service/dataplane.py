@@ -17,7 +17,7 @@ from service.parsing import Batch, Failed, error_result_json
 from service.results import (
     Outcome,
     Reading,
-    ReadingColumns,
+    ReadingArrays,
     Result,
     ResultRuns,
 )
@@ -34,7 +34,7 @@ async def resolve(engine: Engine, parsed: Batch) -> list[Entry]:
 
 def submit(engine: Engine, parsed: Batch) -> asyncio.Future[Outcomes]:
     """Queue the readings among `parsed` now; `answer` renders their outcomes later."""
-    if isinstance(parsed, ReadingColumns):
+    if isinstance(parsed, ReadingArrays):
         return engine.enqueue_columns(parsed)
     readings = [p for p in parsed if isinstance(p, Reading)]
     if len(readings) < len(parsed):
@@ -46,7 +46,7 @@ def entries(parsed: Batch, outcomes_of_readings: Outcomes) -> list[Entry]:
     """One entry per parsed item, in order, given the outcomes of its readings."""
     if isinstance(outcomes_of_readings, ResultRuns):
         outcomes_of_readings = outcomes_of_readings.outcomes()
-    if isinstance(parsed, ReadingColumns):  # every item a reading: no Reading built for each
+    if isinstance(parsed, ReadingArrays):  # every item a reading: no Reading built for each
         both: list[Any] = list(outcomes_of_readings)
         for i in [i for i, o in enumerate(both) if type(o) is not Result]:
             both[i] = Failed(parsed.stream_ids[i], float(parsed.timestamps[i]), both[i])

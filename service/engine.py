@@ -32,7 +32,7 @@ from service.errors import (
     UnknownStreamError,
 )
 from service.registry import ModelRegistry
-from service.results import Outcome, Reading, ReadingColumns, ResultBlock, ResultRuns
+from service.results import Outcome, Reading, ReadingArrays, ResultBlock, ResultRuns
 from service.settings import Settings
 from service.stepper import Stepper, StreamInfo
 from service.stream_batch import StateCopy, StreamBatch
@@ -88,7 +88,7 @@ class _ColumnsJob(_Job):
     in order (`taken` so far), and keep their results as blocks (`parts`); a round that could
     not take them as columns settles them one by one in `outcomes`, like a `_Job`'s."""
 
-    columns: ReadingColumns
+    columns: ReadingArrays
     taken: int = 0
     parts: list[tuple[ResultBlock, int, int, int]] = field(default_factory=list)
 
@@ -177,7 +177,7 @@ class Engine:
         self._woken()
         return job.future
 
-    def enqueue_columns(self, columns: ReadingColumns) -> asyncio.Future[Any]:
+    def enqueue_columns(self, columns: ReadingArrays) -> asyncio.Future[Any]:
         """`enqueue` for readings sent as columns. The future gets their results as columns,
         `ResultRuns`, when they went through as such (readings of distinct streams, none of
         which names a model or has a reading queued one by one); else what `enqueue`'s

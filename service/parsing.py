@@ -22,7 +22,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from service.alerts import iso
 from service.errors import InvalidReadingError, LimitExceededError, StreamwatchError
-from service.results import Reading, ReadingColumns, new_reading
+from service.results import Reading, ReadingArrays, new_reading
 from service.schemas import STREAM_ID_PATTERN, ReadingIn, StreamReadingIn, Timestamp, problem
 from service.settings import LimitSettings
 
@@ -110,7 +110,7 @@ class Failed:
 
 
 Parsed = Reading | Failed
-Batch = ReadingColumns | list[Parsed]  # a parsed request: as columns, or one entry per item
+Batch = ReadingArrays | list[Parsed]  # a parsed request: as columns, or one entry per item
 
 
 def parse_items(items: list[Any], limits: LimitSettings, stream_id: str | None = None) -> Batch:
@@ -174,7 +174,7 @@ def parse_columns(
 
 def _uniform(
     items: list[Any], stream_id: str | None, limits: LimitSettings
-) -> ReadingColumns | None:
+) -> ReadingArrays | None:
     """The batch fast path for items: all of one shape (dicts with the same keys), then
     checked a column at a time by `_uniform_columns`; None sends the batch item by item."""
     if len(items) < _UNIFORM_MIN or type(items[0]) is not dict:
@@ -191,7 +191,7 @@ def _uniform(
 
 def _uniform_columns(
     columns: dict[str, list[Any]], stream_id: str | None, limits: LimitSettings
-) -> ReadingColumns | None:
+) -> ReadingArrays | None:
     """The batch fast path: readings all plainly well formed, checked a field at a time over
     the whole batch (types by set, numbers by numpy, ids by one regex).
 
@@ -223,12 +223,12 @@ def _uniform_columns(
                 return None
     except (_NotUniform, StreamwatchError, TypeError, ValueError, OverflowError):
         return None
-    return ReadingColumns(stream_ids, seconds, values, models)
+    return ReadingArrays(stream_ids, seconds, values, models)
 
 
 def as_parsed(batch: Batch) -> list[Parsed]:
     """A parsed batch one reading at a time."""
-    return list(batch.readings()) if isinstance(batch, ReadingColumns) else batch
+    return list(batch.readings()) if isinstance(batch, ReadingArrays) else batch
 
 
 _UNIFORM_MIN = 8  # below it, the numpy calls cost more than the per-item path

@@ -33,9 +33,10 @@ new_reading = tuple.__new__  # Reading(...) without the Python-level __new__ of 
 
 
 @dataclass(frozen=True, eq=False)
-class ReadingColumns:
-    """Readings as columns, as a gateway sends many at once: reading i is
-    (stream_ids[i], timestamps[i], values[i], models[i])."""
+class ReadingArrays:
+    """Readings as columns, as a gateway sends many at once, parsed into arrays: reading i is
+    (stream_ids[i], timestamps[i], values[i], models[i]). (`schemas.ReadingColumns` is their
+    wire form.)"""
 
     stream_ids: list[str]
     timestamps: np.ndarray  # (n,) float64, epoch seconds

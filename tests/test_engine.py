@@ -21,7 +21,7 @@ from service.errors import (
     OutOfOrderError,
     UnknownModelError,
 )
-from service.results import Reading, ReadingColumns, Result, ResultRuns
+from service.results import Reading, ReadingArrays, Result, ResultRuns
 from service.settings import Settings
 from tests.conftest import MODELS_DIR, make_settings, running_engine, sine, stream_state
 
@@ -154,7 +154,7 @@ async def test_columns_and_rows_from_many_clients_give_bitwise_the_results_fed_a
                     futures.append(engine.enqueue(batch))
                     sent.append(None)
                 else:
-                    columns = ReadingColumns(
+                    columns = ReadingArrays(
                         ids, np.array(at, np.float64),
                         np.array([[series[s][t]] for s, t in zip(ids, at, strict=True)]),
                     )
@@ -185,8 +185,8 @@ async def test_columns_and_rows_from_many_clients_give_bitwise_the_results_fed_a
 async def test_a_refused_reading_among_columns_gets_its_error_and_the_rest_go_on(
     settings,
 ) -> None:
-    def columns(ids: list[str], ts: list[float]) -> ReadingColumns:
-        return ReadingColumns(ids, np.array(ts), np.ones((len(ids), 1)))
+    def columns(ids: list[str], ts: list[float]) -> ReadingArrays:
+        return ReadingArrays(ids, np.array(ts), np.ones((len(ids), 1)))
 
     async with running_engine(settings) as engine:
         await engine.enqueue_columns(columns(["a", "b", "c"], [0.0, 0.0, 0.0]))  # binds them
@@ -423,12 +423,12 @@ async def test_a_fault_in_a_round_of_columns_fails_its_readings_and_the_engine_g
     ids = ["a", "b"]
     await engine.start()
     try:
-        first = await engine.enqueue_columns(ReadingColumns(ids, np.zeros(2), np.ones((2, 1))))
+        first = await engine.enqueue_columns(ReadingArrays(ids, np.zeros(2), np.ones((2, 1))))
         failed = await asyncio.wait_for(
-            engine.enqueue_columns(ReadingColumns(ids, np.ones(2), np.ones((2, 1)))), 5
+            engine.enqueue_columns(ReadingArrays(ids, np.ones(2), np.ones((2, 1)))), 5
         )
         ok = await asyncio.wait_for(
-            engine.enqueue_columns(ReadingColumns(ids, np.full(2, 2.0), np.ones((2, 1)))), 5
+            engine.enqueue_columns(ReadingArrays(ids, np.full(2, 2.0), np.ones((2, 1)))), 5
         )
     finally:
         await engine.stop()
