@@ -33,10 +33,11 @@ ENV PATH=/opt/venv/bin:$PATH \
 VOLUME /data
 WORKDIR /app
 USER streamwatch
-# A round's compiled passes (service/compiled.py) are compiled here, once, into numba's cache:
+# A round's compiled passes (service/compiled.py, service/passes.py) are compiled here, for the
+# bundled model, once, into numba's cache:
 # start-up loads them (a host whose CPU differs from the builder's compiles them again at its
 # first start, about 5 s). A read-only root file system needs NUMBA_CACHE_DIR on a volume.
-RUN python -c "import service.stepper"
+RUN streamwatch compile
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '8000'), timeout=2)"]

@@ -1,4 +1,4 @@
-"""The `streamwatch` command: serve and replay here; train, export, evaluate from `training`.
+"""The `streamwatch` command: serve, replay, compile here; train, export, evaluate from `training`.
 
 The training subcommands import `training` (and PyTorch) only when called, so a server
 install without the `train` extra still has a working `streamwatch serve`.
@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
         from service.replay import replay_command
 
         return replay_command(args)
+    if args.command == "compile":
+        return _compile(args)
     parser.print_help()
     return 2
 
@@ -52,6 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--columns", help="channel columns, comma separated (default: card's)")
     replay.add_argument("--out", type=Path, required=True, help="results CSV to write")
     replay.add_argument("--models-dir", type=Path, help="where models are loaded from")
+    compile_ = commands.add_parser(
+        "compile", help="compile the models' passes into numba's cache (an image build runs it)"
+    )
+    compile_.add_argument("--models-dir", type=Path, help="where models are loaded from")
     for name in sorted(_TRAINING_COMMANDS):
         commands.add_parser(name, help=f"{name} (needs the train extra: pip install .[train])")
     return parser
@@ -98,6 +104,19 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=settings.log.level.lower(),
         access_log=False,  # ours (service.api.access) has the request id and no query string
     )
+    return 0
+
+
+def _compile(args: argparse.Namespace) -> int:
+    """Make each model's stepper, as a server's start does: that compiles its passes (or
+    loads them from numba's cache) for the model's record layout."""
+    from service.directory import StreamDirectory
+    from service.registry import ModelRegistry
+    from service.settings import Settings
+
+    overrides = {} if args.models_dir is None else {"model": {"dir": args.models_dir}}
+    settings = Settings(**overrides)  # type: ignore[arg-type]
+    StreamDirectory(ModelRegistry.load(settings.model), settings)
     return 0
 
 

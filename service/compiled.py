@@ -5,7 +5,9 @@ the round's rows, called once a round; as numpy they were hundreds of array oper
 a microsecond or more before any arithmetic, whatever the round's size. Each pass is compiled
 at import for one signature of "any layout" arrays, so strided views of the arena's records
 and contiguous arrays both take it, and cached on disk (`NUMBA_CACHE_DIR`, else beside the
-source): a server's first round never waits for a compiler.
+source): a server's first round never waits for a compiler. (The passes over the arena's
+records, `service.passes`, depend on the model's record layout: they compile when a stepper
+is made, into the same cache.)
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
 import numba
+from llvmlite import ir
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 F8, F4, I8, I4 = numba.float64, numba.float32, numba.int64, numba.int32
 U4, U2, U1, B1 = numba.uint32, numba.uint16, numba.uint8, numba.boolean
@@ -40,3 +45,30 @@ def kernel(*arg_types: Any) -> Callable[[_F], _F]:
 def inline(function: _G) -> _G:
     """A helper of passes, compiled into each (also callable from Python, compiled apart)."""
     return cast(_G, numba.njit(cache=True, inline="always")(function))
+
+
+def _prefetch_intrinsic(typingctx: Any, address: Any) -> Any:
+    """Ask the CPU to bring the cache line at `address` (an integer) in: llvm.prefetch."""
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        bytes_ = ir.IntType(8).as_pointer()
+        function = _get_or_insert_function(builder.module, ir.FunctionType(
+            ir.VoidType(), [bytes_, ir.IntType(32), ir.IntType(32), ir.IntType(32)]
+        ), "llvm.prefetch.p0i8")
+        read, keep, data = (ir.Constant(ir.IntType(32), v) for v in (0, 3, 1))
+        builder.call(function, [builder.inttoptr(args[0], bytes_), read, keep, data])
+        return context.get_dummy_value()
+
+    return numba.types.void(numba.types.intp), codegen
+
+
+_get_or_insert_function: Any = cgutils.get_or_insert_function
+_prefetch: Any = intrinsic(_prefetch_intrinsic)
+
+
+@inline
+def prefetch_record(records: Any, index: int) -> None:
+    """Start loading every cache line of `records[index]` (a random slot of a big arena is
+    a trip to memory: issued a few rows ahead, the trips overlap)."""
+    start = records.ctypes.data + index * records.itemsize
+    for line in range(start & ~63, start + records.itemsize, 64):
+        _prefetch(line)

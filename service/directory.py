@@ -48,7 +48,7 @@ class StreamDirectory:
     def __init__(self, registry: ModelRegistry, settings: Settings) -> None:
         self.registry = registry
         self.steppers = {
-            name: Stepper(name, model, _new_arena(model.card, settings), settings)
+            name: Stepper.warmed(name, model, _new_arena(model.card, settings), settings)
             for name, model in registry.models.items()
         }
         self._channels = {name: model.card.n_channels for name, model in registry.models.items()}

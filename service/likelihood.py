@@ -237,9 +237,11 @@ def step_in_place(
     scorable: np.ndarray,
     learn: np.ndarray,
     params: LikelihoodParams,
+    slots: np.ndarray | None = None,
 ) -> np.ndarray:
     """`step`, writing the new state over `state` (arrays in `fields`' dtypes, strided views
-    of the arena's records will do); returns the scores.
+    of the arena's records will do); returns the scores. With `slots` (batch,), row i's
+    stream is `slots[i]` of the state's arrays (the arena's columns, say), not row i.
 
     One compiled pass over the rows (`_step_rows`): as numpy this was some 150 array
     operations a round, 0.4 ms before any arithmetic, and three copies of the state.
@@ -250,7 +252,7 @@ def step_in_place(
     _step_rows(*[
         np.asarray(s, np.float64), np.asarray(x, np.float64), np.asarray(observed, np.bool_),
         np.asarray(ts, np.float64), np.asarray(scorable, np.bool_), np.asarray(learn, np.bool_),
-        *arrays, score,
+        np.arange(len(s)) if slots is None else np.asarray(slots, np.int64), *arrays, score,
         params.window, params.horizon, params.settle, params.min_var, params.range_margin,
         math.log(params.range_tail), params.day_bins, params.day_alpha, params.level_window,
         params.quiet_tail, params.learn_clip, math.log(params.tests), params.forecast_weight,
@@ -294,7 +296,8 @@ def _half_bits(value: float) -> int:
 
 @kernel(
     array(F8, 1), array(F8, 2), array(B1, 2), array(F8, 1), array(B1, 1), array(B1, 1),
-    array(U2, 3), array(U2, 1), array(I4, 1), array(F4, 2), array(F4, 2), array(F8, 2),
+    array(I8, 1), array(U2, 3), array(U2, 1), array(I4, 1), array(F4, 2), array(F4, 2),
+    array(F8, 2),
     array(F8, 2), array(F4, 3), array(F4, 3), array(U1, 3), array(F4, 3), array(I4, 2),
     array(F8, 2), array(F8, 2),
     array(F8, 1),
@@ -303,6 +306,7 @@ def _half_bits(value: float) -> int:
 def _step_rows(  # noqa: PLR0912, PLR0913, PLR0915 -- one pass, the whole recipe
     s: np.ndarray, x: np.ndarray, observed: np.ndarray, ts: np.ndarray,  # the readings
     scorable: np.ndarray, learn: np.ndarray,
+    slots: np.ndarray,  # row -> its stream's index in the state arrays
     recent: np.ndarray, filled: np.ndarray, count: np.ndarray,  # the state: read, overwritten
     mean: np.ndarray, var: np.ndarray, low: np.ndarray, high: np.ndarray,
     day_mean: np.ndarray, day_var: np.ndarray, day_count: np.ndarray,
@@ -321,6 +325,7 @@ def _step_rows(  # noqa: PLR0912, PLR0913, PLR0915 -- one pass, the whole recipe
     now = np.empty(signals, np.float32)
     min_var32 = np.float32(min_var)
     for r in range(n_rows):
+        q = slots[r]  # the row's stream in the state arrays
         # 1. The surprises: the forecast's, and the time-of-day profile's in the row's bin.
         now[0] = np.float32(np.minimum(s[r], MAX_SURPRISE))
         day = 0
@@ -328,9 +333,9 @@ def _step_rows(  # noqa: PLR0912, PLR0913, PLR0915 -- one pass, the whole recipe
             day = int(np.floor(ts[r] / _DAY_S * day_bins) % day_bins)
             farthest, n_judged = 0.0, 0  # the largest |z| of the channels its bin can judge
             for c in range(channels):
-                if observed[r, c] and day_count[r, day, c] >= _DAY_MIN_COUNT:
-                    bin_mean = float(day_mean[r, day, c])
-                    bin_std = std_of_one(bin_mean, float(day_var[r, day, c]))
+                if observed[r, c] and day_count[q, day, c] >= _DAY_MIN_COUNT:
+                    bin_mean = float(day_mean[q, day, c])
+                    bin_std = std_of_one(bin_mean, float(day_var[q, day, c]))
                     farthest = np.maximum(farthest, abs(x[r, c] - bin_mean) / bin_std)
                     n_judged += 1
             # Two-sided tail of the farthest (the least of the channels' tails), Bonferroni.
@@ -338,11 +343,11 @@ def _step_rows(  # noqa: PLR0912, PLR0913, PLR0915 -- one pass, the whole recipe
             profile = np.maximum(0.0, -least - math.log(max(n_judged, 1)))
             now[1] = np.float32(np.minimum(profile, MAX_SURPRISE))
         # 2. Each surprise's average over the last `window` readings, this one in.
-        filled_now = min(filled[r] + 1, window)
+        filled_now = min(filled[q] + 1, window)
         for k in range(signals):
             total = np.float64(now[k])
             for i in range(1, recent.shape[2]):
-                total += _half(recent[r, k, i])
+                total += _half(recent[q, k, i])
             average[k] = total / filled_now
         # 3. The level statistic, and the long-run mean and variance with this value in.
         if level_window:
@@ -350,17 +355,17 @@ def _step_rows(  # noqa: PLR0912, PLR0913, PLR0915 -- one pass, the whole recipe
             for c in range(channels):
                 seen = observed[r, c] and np.isfinite(x[r, c])
                 value = x[r, c] if seen else 0.0
-                before = level_count[r, c]
+                before = level_count[q, c]
                 if seen:  # the ring is float32: a value beyond its range is kept as its largest
-                    level_values[r, c, before % level_window] = np.float32(
+                    level_values[q, c, before % level_window] = np.float32(
                         min(max(value, -_FLOAT32_MAX), _FLOAT32_MAX)
                     )
                 values_n = before + seen
-                level_count[r, c] = values_n
+                level_count[q, c] = values_n
                 ring = 0.0
                 for i in range(level_values.shape[2]):
-                    ring += level_values[r, c, i]
-                long_mean, long_var = level_mean[r, c], level_var[r, c]
+                    ring += level_values[q, c, i]
+                long_mean, long_var = level_mean[q, c], level_var[q, c]
                 shift = abs(ring / max(min(values_n, level_window), 1) - long_mean) / std_of_one(
                     long_mean, long_var
                 )
@@ -372,14 +377,14 @@ def _step_rows(  # noqa: PLR0912, PLR0913, PLR0915 -- one pass, the whole recipe
                 new_mean = long_mean + weight * delta
                 new_var = (1.0 - weight) * (long_var + weight * delta * delta)
                 if seen and np.isfinite(new_mean) and np.isfinite(new_var):
-                    level_mean[r, c], level_var[r, c] = new_mean, new_var
+                    level_mean[q, c], level_var[q, c] = new_mean, new_var
             average[signals] = statistic
         # 4. Each statistic against the stream's distribution of it.
         # The least tail is the tail of the largest z: one tail computed, not `tests`.
         largest = -np.inf
         for j in range(judged):
-            sd = np.float64(np.sqrt(np.maximum(var[r, j], min_var32)))
-            z = (average[j] - np.float64(mean[r, j])) / sd
+            sd = np.float64(np.sqrt(np.maximum(var[q, j], min_var32)))
+            z = (average[j] - np.float64(mean[q, j])) / sd
             if j == 0:  # the forecast's average: weighted, and with quiet_tail from below too
                 z *= forecast_weight
                 if quiet_tail:
@@ -388,22 +393,22 @@ def _step_rows(  # noqa: PLR0912, PLR0913, PLR0915 -- one pass, the whole recipe
         log_p = np.minimum(0.0, _log_sf(largest) + log_tests)
         # 5. A value beyond the range the stream has shown.
         for c in range(channels):
-            span = high[r, c] - low[r, c]
+            span = high[q, c] - low[q, c]
             margin = range_margin * span
             if observed[r, c] and np.isfinite(span) and (
-                x[r, c] > high[r, c] + margin or x[r, c] < low[r, c] - margin
+                x[r, c] > high[q, c] + margin or x[r, c] < low[q, c] - margin
             ):
                 log_p = np.minimum(log_p, log_range_tail)
                 break
-        settled = scorable[r] and count[r] >= settle
+        settled = scorable[r] and count[q] >= settle
         score[r] = 0.0 - math.expm1(log_p) if settled else 0.0
 
         # What the reading teaches: the distributions (scorable, learning rows only) ...
         if scorable[r] and learn[r]:
-            exact = count[r] < horizon
-            n = count[r] + 1
+            exact = count[q] < horizon
+            n = count[q] + 1
             for j in range(judged):
-                old_mean, old_var = mean[r, j], var[r, j]
+                old_mean, old_var = mean[q, j], var[q, j]
                 learned = average[j]
                 if learn_clip and settled:
                     limit = np.float32(learn_clip) * np.sqrt(np.maximum(old_var, min_var32))
@@ -415,25 +420,25 @@ def _step_rows(  # noqa: PLR0912, PLR0913, PLR0915 -- one pass, the whole recipe
                     new_var = old_var + (delta * (learned - new_mean) - old_var) / n
                 else:
                     new_var = (1.0 - weight) * (old_var + weight * delta * delta)
-                mean[r, j], var[r, j] = new_mean, new_var
-            count[r] = n
+                mean[q, j], var[q, j] = new_mean, new_var
+            count[q] = n
         if scorable[r]:  # ... the last surprises (rows without a forecast keep theirs) ...
             for k in range(signals):
                 for i in range(recent.shape[2] - 1):
-                    recent[r, k, i] = recent[r, k, i + 1]
-                recent[r, k, recent.shape[2] - 1] = _half_bits(now[k])
-            filled[r] = filled_now
+                    recent[q, k, i] = recent[q, k, i + 1]
+                recent[q, k, recent.shape[2] - 1] = _half_bits(now[k])
+            filled[q] = filled_now
         for c in range(channels):  # ... the range (a missing value leaves it) ...
             if observed[r, c]:
-                low[r, c] = np.fmin(low[r, c], x[r, c])
-                high[r, c] = np.fmax(high[r, c], x[r, c])
+                low[q, c] = np.fmin(low[q, c], x[r, c])
+                high[q, c] = np.fmax(high[q, c], x[r, c])
         if day_bins:  # ... and the profile: each observed value into its bin.
             for c in range(channels):
                 if not observed[r, c]:
                     continue
-                bin_mean = np.float64(day_mean[r, day, c])
-                bin_var = np.float64(day_var[r, day, c])
-                bin_n = np.int64(day_count[r, day, c])
+                bin_mean = np.float64(day_mean[q, day, c])
+                bin_var = np.float64(day_var[q, day, c])
+                bin_n = np.int64(day_count[q, day, c])
                 bin_exact = bin_n * day_alpha < 1.0
                 bin_weight = 1.0 / (bin_n + 1) if bin_exact else day_alpha
                 bin_delta = x[r, c] - bin_mean
@@ -449,5 +454,5 @@ def _step_rows(  # noqa: PLR0912, PLR0913, PLR0915 -- one pass, the whole recipe
                     )
                 # A value so far out that its bin would overflow float32 is judged, not learned.
                 if np.isfinite(next_mean) and np.isfinite(next_var):
-                    day_mean[r, day, c], day_var[r, day, c] = next_mean, next_var
-                    day_count[r, day, c] = min(bin_n + 1, DAY_COUNT_MAX)
+                    day_mean[q, day, c], day_var[q, day, c] = next_mean, next_var
+                    day_count[q, day, c] = min(bin_n + 1, DAY_COUNT_MAX)

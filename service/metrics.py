@@ -123,7 +123,7 @@ class Metrics:
         duplicate = int(np.count_nonzero(block.duplicate & applied))
         ok = int(np.count_nonzero(applied)) - duplicate
         anomalies = int(np.count_nonzero(
-            ((block.records["last_flags"] & ANOMALY) != 0) & applied & ~block.duplicate
+            ((block.results["last_flags"] & ANOMALY) != 0) & applied & ~block.duplicate
         ))
         refused: dict[str, int] = {}
         for error in errors.values():

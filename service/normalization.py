@@ -64,6 +64,35 @@ def step(
     return u, count + 1, new_mean, new_var
 
 
+@inline
+def step_one(
+    count: int, mean: np.ndarray, var: np.ndarray, x: np.ndarray, observed: np.ndarray,
+    warmup_n: int, alpha: float, clip_sigma: float,
+    u: np.ndarray, new_mean: np.ndarray, new_var: np.ndarray,  # out
+) -> None:
+    """`step` of one row (channels,), for compiled code (here and `service.passes`)."""
+    warming = count < warmup_n
+    n = float(count + 1)
+    for c in range(x.shape[0]):
+        value, level, spread = x[c], mean[c], var[c]
+        if count == 0 and observed[c]:
+            level = value
+        std = std_of_one(level, spread)
+        u[c] = np.minimum(np.maximum((value - level) / std, -INPUT_CLIP), INPUT_CLIP)
+        if not observed[c]:
+            new_mean[c], new_var[c] = level, spread
+        elif warming:  # exact (Welford)
+            mean_now = level + (1.0 / n) * (value - level)
+            new_mean[c] = mean_now
+            new_var[c] = spread + ((value - level) * (value - mean_now) - spread) / n
+        else:  # tracking, the reading clipped first so that one outlier cannot blow it up
+            limit = clip_sigma * std
+            tracked = np.minimum(np.maximum(value, level - limit), level + limit)
+            delta = tracked - level
+            new_mean[c] = level + alpha * delta
+            new_var[c] = (1.0 - alpha) * (spread + alpha * delta * delta)
+
+
 @kernel(
     array(I8, 1), array(F8, 2), array(F8, 2), array(F8, 2), array(B1, 2), I8, F8, F8,
     array(F8, 2), array(F8, 2), array(F8, 2),
@@ -74,26 +103,8 @@ def _step_rows(
     u: np.ndarray, new_mean: np.ndarray, new_var: np.ndarray,  # out
 ) -> None:
     for r in range(x.shape[0]):
-        warming = count[r] < warmup_n
-        n = float(count[r] + 1)
-        for c in range(x.shape[1]):
-            value, level, spread = x[r, c], mean[r, c], var[r, c]
-            if count[r] == 0 and observed[r, c]:
-                level = value
-            std = std_of_one(level, spread)
-            u[r, c] = np.minimum(np.maximum((value - level) / std, -INPUT_CLIP), INPUT_CLIP)
-            if not observed[r, c]:
-                new_mean[r, c], new_var[r, c] = level, spread
-            elif warming:  # exact (Welford)
-                mean_now = level + (1.0 / n) * (value - level)
-                new_mean[r, c] = mean_now
-                new_var[r, c] = spread + ((value - level) * (value - mean_now) - spread) / n
-            else:  # tracking, the reading clipped first so that one outlier cannot blow it up
-                limit = clip_sigma * std
-                tracked = np.minimum(np.maximum(value, level - limit), level + limit)
-                delta = tracked - level
-                new_mean[r, c] = level + alpha * delta
-                new_var[r, c] = (1.0 - alpha) * (spread + alpha * delta * delta)
+        step_one(count[r], mean[r], var[r], x[r], observed[r], warmup_n, alpha, clip_sigma,
+                 u[r], new_mean[r], new_var[r])
 
 
 def normalize_series(values: np.ndarray, params: NormalizerParams) -> np.ndarray:

@@ -84,8 +84,9 @@ Outcome = Result | StreamwatchError
 class ResultBlock:
     """The results of one model's readings in a round, as columns: row i is reading i's.
 
-    `records` are the readings' arena records as the round left their streams (a row in
-    `errors` was not applied, and its record means nothing); `alerts` holds the alert event
+    `results` holds the fields of the readings' arena records that a result reads
+    (`service.passes.RESULT_FIELDS`), as the round left their streams (a row in `errors` was
+    not applied, and its fields mean nothing); `alerts` holds the alert event
     of each row whose reading opened or closed one. A caller that answers in columns reads
     the arrays; `outcomes()` builds one `Result` per row for the others.
     """
@@ -93,7 +94,7 @@ class ResultBlock:
     model: str
     stream_ids: list[str]
     timestamps: np.ndarray  # (n,) float64
-    records: np.ndarray  # (n,) of the arena's record dtype
+    results: np.ndarray  # (n,) records with (at least) those fields
     duplicate: np.ndarray  # (n,) bool: a retried reading, answered as the first time
     alerts: dict[int, AlertRef] = field(default_factory=dict)
     errors: dict[int, StreamwatchError] = field(default_factory=dict)
@@ -103,7 +104,7 @@ class ResultBlock:
 
     def fields(self, lo: int, hi: int) -> dict[str, Sequence[Any]]:
         """Rows [lo, hi) as columns, one per `Result` field (a refused row's mean nothing)."""
-        records, n = self.records[lo:hi], hi - lo
+        records, n = self.results[lo:hi], hi - lo
         flags = records["last_flags"]
         locs: list[list[float] | None] = records["last_loc"].tolist()
         scales: list[list[float] | None] = records["last_scale"].tolist()

@@ -162,6 +162,30 @@ def update_alerts(
     return update
 
 
+@inline
+def alert_one(
+    score: float, threshold: float, may_alert: bool, open_hits: int, hold_hits: int,
+    is_open: bool, cooldown: int, k: int, m: int, close_factor: float, quiet_for: int,
+) -> tuple[bool, bool, int, int, bool, int]:
+    """The alert rule for one reading, for compiled code (here and `service.passes`):
+    (opened, closed, open_hits, hold_hits, is_open, cooldown) after it."""
+    mask = (1 << m) - 1
+    close_at = 1.0 - min(1.0, (1.0 - threshold) * close_factor)
+    above = may_alert and score >= threshold
+    holding = may_alert and score >= close_at
+    hits = ((np.int64(open_hits) << 1) | above) & mask  # bit i: i readings back
+    held = ((np.int64(hold_hits) << 1) | holding) & mask
+    n_above, rest = 0, hits
+    while rest:
+        rest &= rest - 1
+        n_above += 1
+    opened = not is_open and cooldown <= 0 and n_above >= k and above
+    closed = is_open and held == 0
+    now_open = (is_open or opened) and not closed
+    return (bool(opened), bool(closed), int(hits), int(held), bool(now_open),
+            quiet_for if closed else max(cooldown - 1, 0))
+
+
 @kernel(
     array(F8, 1), array(F8, 1), array(B1, 1), array(B1, 1), array(B1, 1), array(U4, 1),
     array(U4, 1), array(B1, 1), array(I4, 1), I8, I8, F8, I8,
@@ -173,20 +197,8 @@ def _alert_rows(
     cooldown: np.ndarray,  # read, overwritten
     k: int, m: int, close_factor: float, quiet_for: int,
 ) -> None:
-    mask = (1 << m) - 1
     for r in range(score.shape[0]):
-        close_at = 1.0 - min(1.0, (1.0 - threshold[r]) * close_factor)
-        above = may_alert[r] and score[r] >= threshold[r]
-        holding = may_alert[r] and score[r] >= close_at
-        hits = ((np.int64(open_hits[r]) << 1) | above) & mask  # bit i: i readings back
-        held = ((np.int64(hold_hits[r]) << 1) | holding) & mask
-        n_above, rest = 0, hits
-        while rest:
-            rest &= rest - 1
-            n_above += 1
-        was_open = is_open[r]
-        opened[r] = not was_open and cooldown[r] <= 0 and n_above >= k and above
-        closed[r] = was_open and held == 0
-        open_hits[r], hold_hits[r] = hits, held
-        is_open[r] = (was_open or opened[r]) and not closed[r]
-        cooldown[r] = quiet_for if closed[r] else max(cooldown[r] - 1, 0)
+        opened[r], closed[r], open_hits[r], hold_hits[r], is_open[r], cooldown[r] = alert_one(
+            score[r], threshold[r], may_alert[r], open_hits[r], hold_hits[r], is_open[r],
+            cooldown[r], k, m, close_factor, quiet_for,
+        )

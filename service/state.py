@@ -1,13 +1,14 @@
 """The state arena: every stream's recurrent state and statistics in preallocated arrays.
 
-One arena per model. A stream owns a slot: a packed record (`record_dtype`) in one array, so
-a batch's gather is one `take` and its scatter one `put`, and a batch of readings never
-touches a per-stream Python object. `stream_id -> slot` is one dict.
+One arena per model. A stream owns a slot: a packed record (`record_dtype`) in one array. A
+round reads and writes its streams' records where they lie, in compiled passes
+(`service.passes`, through the `compiled` and `states` views), and never touches a
+per-stream Python object. `stream_id -> slot` is one dict.
 
 >>> arena = StateArena(ArenaLayout(state_names=("h",), num_layers=1, hidden_size=4,
 ...                                channels=1), capacity=2, max_streams=10)
 >>> slot = arena.bind("pump-1", threshold=0.999)
->>> arena.gather_state(np.array([slot]))[0].shape
+>>> arena.states[slot].shape  # (states, layers, hidden)
 (1, 1, 4)
 
 `copy()` copies the records at one instant (one memcpy, cheap enough for the event loop);
@@ -21,6 +22,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any, cast
 
 import numpy as np
 
@@ -100,8 +102,10 @@ class ArenaCopy:
 class StateArena:
     """Slots for up to `max_streams` streams of one model; grows by doubling.
 
-    `arrays` names each field's column (a view into the records, plus `last_seen`) for
-    reading and writing one field; a batch goes through `take` and `put` instead.
+    `arrays` names each field's column (a view into the records, plus `last_seen`);
+    `compiled` is the records as compiled passes take them (float16 fields as uint16 bits),
+    `states` the recurrent states as one (slots, states, layers, hidden) float32 array.
+    Records are copied out and in whole by `take` and `put` (to persist, to restore).
     """
 
     def __init__(self, layout: ArenaLayout, capacity: int, max_streams: int) -> None:
@@ -173,12 +177,17 @@ class StateArena:
         self._records[slots] = self._fresh
         self._last_seen[slots] = 0.0
 
-    def refresh(self, records: np.ndarray, rows: np.ndarray, keep: tuple[str, ...] = ()) -> None:
-        """Give `records[rows]` (taken from this arena) a fresh stream's values, in place,
-        except the fields named in `keep`."""
+    def rewarm(self, slots: np.ndarray, keep: tuple[str, ...] = ()) -> np.ndarray:
+        """Give `slots` a fresh stream's values, except the fields named in `keep`; returns
+        their records as they were (to `write_records` back should the caller change its
+        mind)."""
+        before = self.take(slots)
+        records = before.copy()
         for name in self.record_dtype.names or ():
             if name not in keep:
-                records[name][rows] = self._fresh[name]
+                records[name] = self._fresh[name]
+        np.put(self._records, slots, records)
+        return before
 
     def take(self, slots: np.ndarray) -> np.ndarray:
         """Copies of the records of `slots`: (len(slots),) of record_dtype."""
@@ -192,14 +201,6 @@ class StateArena:
             raise ValueError(f"records of {records.dtype}, the arena keeps {self.record_dtype}")
         np.put(self._records, slots, records)
         self._last_seen[slots] = seen_at
-
-    def gather_state(self, slots: np.ndarray) -> tuple[np.ndarray, ...]:
-        """The recurrent state of `slots`, as the model takes it: each (layers, batch, hidden)."""
-        return state_of(self.take(slots), self.layout)
-
-    def scatter_state(self, slots: np.ndarray, state: tuple[np.ndarray, ...]) -> None:
-        for name, value in zip(self.layout.state_names, state, strict=True):
-            self._records[f"state_{name}"][slots] = value.transpose(1, 0, 2)
 
     def read_records(self, slots: np.ndarray) -> np.ndarray:
         """Copies of the persisted fields of `slots`, one record each."""
@@ -254,14 +255,33 @@ class StateArena:
         self._records, self._last_seen = records, last_seen
         self.arrays = {name: records[name] for name in self.record_dtype.names or ()}
         self.arrays["last_seen"] = last_seen
+        self.compiled = records.view(_compiled_dtype(self.record_dtype))
+        self.states = _states_view(records, self.layout)
         self._ids.extend([None] * (capacity - old))
         self._free.extend(range(capacity - 1, old - 1, -1))  # pop() hands out low slots first
         self._capacity = capacity
 
 
-def state_of(records: np.ndarray, layout: ArenaLayout) -> tuple[np.ndarray, ...]:
-    """The recurrent state in `records`, as the model takes it: each (layers, batch, hidden)."""
-    return tuple(
-        np.ascontiguousarray(records[f"state_{name}"].transpose(1, 0, 2))
-        for name in layout.state_names
+def _compiled_dtype(record_dtype: np.dtype) -> np.dtype:
+    """`record_dtype` as compiled code takes it: float16 fields as their uint16 bits."""
+    fields = cast(dict[str, tuple[np.dtype, int]], record_dtype.fields)
+    spec: list[Any] = []
+    for name in record_dtype.names or ():
+        dtype = fields[name][0]
+        spec.append((name, np.uint16 if dtype.base == np.float16 else dtype.base, dtype.shape))
+    return np.dtype(spec)  # packed, as record_dtype is: the same offsets
+
+
+def _states_view(records: np.ndarray, layout: ArenaLayout) -> np.ndarray:
+    """The records' recurrent states as one float32 array (slots, states, layers, hidden)."""
+    names = [f"state_{name}" for name in layout.state_names]
+    offset = cast(dict[str, tuple[np.dtype, int]], records.dtype.fields)[names[0]][1]
+    per_state = layout.num_layers * layout.hidden_size
+    assert [records.dtype.fields[n][1] for n in names] == [  # type: ignore[index]
+        offset + 4 * per_state * k for k in range(len(names))
+    ], "the state fields lie side by side"
+    width = 4 * per_state * len(names)
+    raw = records.view(np.uint8).reshape(len(records), records.dtype.itemsize)
+    return raw[:, offset : offset + width].view(np.float32).reshape(
+        len(records), len(names), layout.num_layers, layout.hidden_size
     )

@@ -1,9 +1,10 @@
-"""One model's share of a round: take its streams' records, step the model once, score, put.
+"""One model's share of a round: read its streams' records, step the model once, score, and
+write the records back, where they lie in the arena.
 
-Everything here works on the round's readings (at most one per stream) at once, with numpy
-or one compiled pass each (`service.compiled`): time checks, per-stream normalization, the
-model call, scoring, the alert rule. Only readings inside an open alert (rare) touch a Python
-object.
+Everything here works on the round's readings (at most one per stream) at once, in compiled
+passes over the records (`service.passes`) and the round's arrays (`service.compiled`): time
+checks, per-stream normalization, the model call, surprise, likelihood, the alert rule. Only
+readings inside an open alert (rare) touch a Python object.
 """
 
 from __future__ import annotations
@@ -19,27 +20,22 @@ from typing import TypeVar
 
 import numpy as np
 
-from service import likelihood, normalization, scoring
+from service import likelihood, normalization, passes, scoring
 from service.alerts import Alert, iso, update_peak
 from service.errors import InvalidReadingError, OutOfOrderError, StreamwatchError
 from service.model import Forecaster
 from service.results import (
-    ANOMALY,
-    CLOSED,
-    GAP,
-    OPENED,
-    SCORED,
-    WARMING,
     AlertRef,
     Reading,
     ResultBlock,
     alert_events,
 )
 from service.settings import Settings
-from service.state import ArenaSnapshot, StateArena, state_of
+from service.state import ArenaSnapshot, StateArena
 from service.stream_batch import StateCopy, StreamBatch
 
 _INTERVAL_ALPHA = 0.1  # how fast a stream's typical interval follows its recent ones
+_REWARM_KEEPS = ("threshold", "last_ts", "interval", "seen")  # what a gap's rewarm leaves
 _V = TypeVar("_V")
 
 
@@ -80,7 +76,21 @@ class Stepper:
         self._open: dict[str, Alert] = {}  # stream_id -> its open alert
         self._last_alert: dict[str, AlertRef] = {}  # stream_id -> event of its last reading
         self._alert_seq = itertools.count()
+        self._result_dtype = passes.result_dtype(arena.record_dtype)
         self.evictions = 0
+
+    @classmethod
+    def warmed(cls, name: str, model: Forecaster, arena: StateArena, settings: Settings
+               ) -> Stepper:
+        """A stepper whose compiled passes are ready for its arena's layout (`service.passes`
+        compiles them, or loads them from its cache, at their first call): it steps a reading
+        of a scratch stream in an arena of its own first."""
+        scratch = cls(name, model, StateArena(arena.layout, 1, 1), settings)
+        scratch.bind("warm-up")
+        channels = model.card.n_channels
+        scratch.apply_columns(["warm-up"], np.zeros(1), np.zeros((1, channels)),
+                              np.zeros(1, np.int64))
+        return cls(name, model, arena, settings)
 
     @property
     def open_alerts(self) -> int:
@@ -170,165 +180,129 @@ class Stepper:
         """Apply one reading per distinct bound stream, given as columns: `ts` (batch,) epoch
         seconds, `x` (batch, channels) with NaN for a missing channel, `slots` (batch,) the
         streams' slots. The results come in the order given."""
-        records = self.arena.take(slots)  # (batch,) this round's working copy
-        last_ts = records["last_ts"]
-        duplicate = ts == last_ts
-        late = ts < last_ts
-        fresh = ~(duplicate | late)
+        n, arena = len(stream_ids), self.arena
+        # C arrays: the compiled passes are compiled (at the warm-up) for those
+        ts, x = np.ascontiguousarray(ts, np.float64), np.ascontiguousarray(x, np.float64)
+        slots = np.ascontiguousarray(slots, np.int64)
+        status, gap = np.empty(n, np.uint8), np.empty(n, np.bool_)
+        passes.check(arena.compiled, slots, ts, self._time.gap_factor, status, gap)
         errors: dict[int, StreamwatchError] = {}
-        for i in np.flatnonzero(late).tolist():
+        for i in np.flatnonzero(status == passes.LATE).tolist():
             errors[i] = OutOfOrderError(
-                f"stream {stream_ids[i]!r} is at {_fmt(last_ts[i])}; "
+                f"stream {stream_ids[i]!r} is at {_fmt(arena.arrays['last_ts'][slots[i]])}; "
                 f"a reading at {_fmt(ts[i])} is older and was not applied"
             )
         events: list[tuple[str, Alert]] = []
-        rows = np.flatnonzero(fresh)
-        if rows.size == len(stream_ids):  # the usual round: every reading is new
-            # Huge values may overflow on the way; _advance refuses what is not finite, so
-            # numpy's warnings say nothing new (and, raised as errors, would stop the engine).
-            with np.errstate(over="ignore", invalid="ignore"):
-                events = self._advance(stream_ids, rows, slots, records, ts, x, errors)
-        elif rows.size:
-            rec = records.take(rows)
-            with np.errstate(over="ignore", invalid="ignore"):
-                events = self._advance(stream_ids, rows, slots[rows], rec, ts[rows], x[rows],
-                                       errors)
-            records[rows] = rec  # the duplicates keep the records their first time left
-        alerts = alert_events(stream_ids, records["last_flags"], self._last_alert, errors)
-        block = ResultBlock(self.name, stream_ids, ts, records, duplicate, alerts, errors)
-        return StepOutcome(block, events)
+        rows = np.flatnonzero(status == passes.FRESH)
+        # Huge values may overflow on the way; _advance refuses what is not finite, so numpy's
+        # warnings say nothing new (and, raised as errors, would stop the engine).
+        with np.errstate(over="ignore", invalid="ignore"):
+            if rows.size == n:  # the usual round: every reading is new
+                events = self._advance(stream_ids, rows, slots, ts, x, gap, errors)
+            elif rows.size:
+                events = self._advance(
+                    stream_ids, rows, slots[rows], ts[rows], x[rows], gap[rows], errors
+                )
+        results = np.empty(n, self._result_dtype)  # duplicates: as their first time left them
+        passes.results(arena.compiled, slots, results)
+        alerts = alert_events(stream_ids, results["last_flags"], self._last_alert, errors)
+        duplicate = status == passes.DUPLICATE
+        return StepOutcome(
+            ResultBlock(self.name, stream_ids, ts, results, duplicate, alerts, errors), events
+        )
 
     def _advance(
         self,
         stream_ids: list[str],
         rows: np.ndarray,
         slots: np.ndarray,
-        rec: np.ndarray,
         ts: np.ndarray,
         x: np.ndarray,
+        gap: np.ndarray,
         errors: dict[int, StreamwatchError],
     ) -> list[tuple[str, Alert]]:
-        """Step the readings `rows` of fresh streams; `rec` holds their slots' records. The
-        likelihood updates its own fields in place; every other field is read before the
-        first is written back. A reading refused here gets its error in `errors`."""
-        gap = self._gaps(rec, ts)
-        if gap.any() and self._time.gap_policy == "rewarm":
-            self.arena.refresh(rec, gap, keep=("threshold", "last_ts", "interval", "seen"))
-        count, mean, var = rec["count"], rec["mean"], rec["var"]
-        loc, scale = rec["next_loc"].copy(), rec["next_scale"].copy()
-        observed = ~np.isnan(x)
-        has_forecast = count > 0
-        scorable = has_forecast & observed.any(axis=1)
-        z = np.where(observed & has_forecast[:, None], (x - loc) / scale, 0.0)
-        x_filled = np.where(observed, x, np.where(has_forecast[:, None], loc, mean))
-        if self._per_stream:
-            u, count, mean, var = normalization.step(
-                count, mean, var, x_filled, observed, self._norm
-            )
-            std = normalization.std_of(mean, var)
-        else:
-            u, count, std = x_filled, count + 1, np.ones_like(x_filled)
-        state = state_of(rec, self.arena.layout)
-        loc_u, scale_u, new_state = self.model.step(u.astype(np.float32), state)
+        """Step the readings `rows` of fresh streams (at `slots`), in their records in place.
+        A reading refused here gets its error in `errors` and leaves its record as it was."""
+        arena, n, channels = self.arena, len(slots), x.shape[1]
+        rewarmed = None
+        if self._time.gap_policy == "rewarm" and gap.any():
+            rewarmed = np.flatnonzero(gap)
+            before = arena.rewarm(slots[rewarmed], keep=_REWARM_KEEPS)
+        layout = arena.layout
+        u = np.empty((n, channels), np.float32)
+        state = np.empty((len(layout.state_names), layout.num_layers, n, layout.hidden_size),
+                         np.float32)
+        loc, scale, z, mean, var, std = (np.empty((n, channels)) for _ in range(6))
+        observed, scorable = np.empty((n, channels), np.bool_), np.empty(n, np.bool_)
+        count = np.empty(n, np.int64)
+        passes.gather(arena.compiled, arena.states, slots, x, self._per_stream,
+                      self._norm.warmup_n, self._norm.alpha, self._norm.clip_sigma,
+                      u, state, loc, scale, z, observed, scorable, count, mean, var, std)
+        loc_u, scale_u, new_state = self.model.step(u, tuple(state))
         next_loc = loc_u * std + (mean if self._per_stream else 0.0)
         next_scale = scale_u * std
-        finite = np.isfinite(next_loc).all(axis=1) & np.isfinite(next_scale).all(axis=1)
-        for s in new_state:
-            finite &= np.isfinite(s).all(axis=(0, 2))
+        finite: np.ndarray = np.logical_and.reduce([
+            np.isfinite(next_loc).all(axis=1), np.isfinite(next_scale).all(axis=1),
+            *(np.isfinite(s).all(axis=(0, 2)) for s in new_state),
+        ])
         if not finite.all():  # never let a poisoned state in: refuse those readings
             for i in rows[~finite].tolist():
                 errors[i] = InvalidReadingError(
                     f"stream {stream_ids[i]!r}: the model produced a non-finite "
                     "forecast for this reading; it was not applied"
                 )
-            keep = finite
-            rows, slots, ts, x, gap, observed, scorable, z = (
-                v[keep] for v in (rows, slots, ts, x, gap, observed, scorable, z)
+            if rewarmed is not None:  # a refused reading's stream stays as it was
+                undo = ~finite[rewarmed]
+                arena.write_records(slots[rewarmed[undo]], before[undo])
+            rows, slots, ts, x, gap, observed, scorable, z = _kept(
+                finite, rows, slots, ts, x, gap, observed, scorable, z
             )
-            count, mean, var, loc, scale, next_loc, next_scale = (
-                v[keep] for v in (count, mean, var, loc, scale, next_loc, next_scale)
+            count, mean, var, loc, scale, next_loc, next_scale = _kept(
+                finite, count, mean, var, loc, scale, next_loc, next_scale
             )
-            new_state = tuple(s[:, keep] for s in new_state)
-        whole, rec = rec, (rec if finite.all() else rec[finite])  # the rows stepped
+            new_state = tuple(np.ascontiguousarray(s[:, finite]) for s in new_state)
 
         s = scoring.surprise(z, observed & scorable[:, None], self.model.card.calibration)
         warming = count <= self._norm.warmup_n
         may_alert = scorable & ~warming
-        score = likelihood.step_in_place(  # the score fields of `rec` are the state
-            s, x, observed, ts, self._score_state(rec), scorable, may_alert, self._likelihood
+        score = likelihood.step_in_place(  # the score fields of the records are the state
+            s, x, observed, ts, self._score_state, scorable, may_alert, self._likelihood,
+            slots=slots,
         )
-        threshold = rec["threshold"]
-        rule = scoring.update_alerts(
-            score,
-            threshold,
-            may_alert,
-            rec["open_hits"],
-            rec["hold_hits"],
-            rec["is_open"],
-            rec["cooldown"],
-            self._alerting,
-        )
-        anomaly = may_alert & (score >= threshold)
-        interval = self._next_interval(rec, ts, gap)
+        opened, closed, is_open = (np.empty(len(slots), np.bool_) for _ in range(3))
+        a = self._alerting
+        passes.put(arena.compiled, arena.states, arena.arrays["last_seen"], slots, ts,
+                   time.monotonic(), new_state, count, mean, var, loc, scale, next_loc,
+                   next_scale, score, scorable, may_alert, warming, gap,
+                   a.k, a.m, a.close_factor, a.cooldown, _INTERVAL_ALPHA, opened, closed, is_open)
+        return self._track_alerts(stream_ids, rows, opened, closed, is_open, score, ts, loc, x)
 
-        for name, value in zip(self.arena.layout.state_names, new_state, strict=True):
-            rec[f"state_{name}"] = value.transpose(1, 0, 2)
-        rec["count"], rec["mean"], rec["var"] = count, mean, var
-        rec["last_loc"], rec["last_scale"] = loc, scale
-        rec["next_loc"], rec["next_scale"] = next_loc, next_scale
-        rec["open_hits"], rec["hold_hits"] = rule.open_hits, rule.hold_hits
-        rec["is_open"], rec["cooldown"] = rule.is_open, rule.cooldown
-        rec["interval"] = interval
-        rec["last_ts"] = ts
-        rec["last_score"] = score
-        rec["seen"] += 1
-        rec["last_flags"] = (
-            anomaly * ANOMALY
-            | warming * WARMING
-            | gap * GAP
-            | rule.opened * OPENED
-            | rule.closed * CLOSED
-            | scorable * SCORED
-        )
-        self.arena.put(slots, rec, time.monotonic())
-
-        events = self._track_alerts(stream_ids, rows, rule, score, ts, loc, x)
-        if rec is not whole:
-            whole[finite] = rec
-        return events
-
-    def _score_state(self, rec: np.ndarray) -> likelihood.LikelihoodState:
+    @property
+    def _score_state(self) -> likelihood.LikelihoodState:
+        """The scorer's state: the records' `score_` fields, as columns of the arena."""
+        arrays = self.arena.arrays
         return likelihood.LikelihoodState(
-            **{name: rec[f"score_{name}"] for name in self._score_fields}
+            **{name: arrays[f"score_{name}"] for name in self._score_fields}
         )
-
-    def _gaps(self, rec: np.ndarray, ts: np.ndarray) -> np.ndarray:
-        dt = ts - rec["last_ts"]
-        with np.errstate(invalid="ignore"):
-            return (rec["count"] > 1) & (dt > self._time.gap_factor * rec["interval"])
-
-    def _next_interval(self, rec: np.ndarray, ts: np.ndarray, gap: np.ndarray) -> np.ndarray:
-        interval = rec["interval"]
-        dt = ts - rec["last_ts"]
-        followed = np.where(np.isnan(interval), dt, interval + _INTERVAL_ALPHA * (dt - interval))
-        return np.where(gap | np.isnan(dt), interval, followed)  # a gap is not the new normal
 
     def _track_alerts(
         self,
         stream_ids: list[str],
         rows: np.ndarray,
-        rule: scoring.AlertUpdate,
+        opened: np.ndarray,
+        closed: np.ndarray,
+        is_open: np.ndarray,
         score_value: np.ndarray,
         ts: np.ndarray,
         loc: np.ndarray,
         x: np.ndarray,
     ) -> list[tuple[str, Alert]]:
         events: list[tuple[str, Alert]] = []
-        for j in np.flatnonzero(rule.opened | rule.closed | rule.is_open):
+        for j in np.flatnonzero(opened | closed | is_open):
             stream_id = stream_ids[rows[j]]
             at, value = float(ts[j]), float(score_value[j])
             forecast, actual = _floats(loc[j]), _floats(x[j])
-            if rule.opened[j]:
+            if opened[j]:
                 alert = Alert(
                     id=f"{uuid.uuid4().hex[:12]}-{next(self._alert_seq)}",
                     stream_id=stream_id,
@@ -344,7 +318,7 @@ class Stepper:
                 self._open[stream_id] = alert
                 events.append(("opened", alert))
                 self._last_alert[stream_id] = AlertRef(alert.id, "opened")
-            elif rule.closed[j]:
+            elif closed[j]:
                 alert = _close(self._open.pop(stream_id), at)
                 events.append(("closed", alert))
                 self._last_alert[stream_id] = AlertRef(alert.id, "closed")
@@ -353,6 +327,11 @@ class Stepper:
                     self._open[stream_id], value, at, forecast, actual
                 )
         return events
+
+
+def _kept(keep: np.ndarray, *arrays: np.ndarray) -> list[np.ndarray]:
+    """The rows `keep` of each array."""
+    return [array[keep] for array in arrays]
 
 
 def _put(memory: dict[str, _V], key: str, value: _V | None) -> None:

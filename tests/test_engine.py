@@ -261,6 +261,30 @@ async def test_a_long_gap_rewarms_the_stream_and_says_so(settings) -> None:
     assert not state["state_h"].any() or after_gap.forecast_loc is None
 
 
+async def test_a_reading_refused_after_a_gap_leaves_its_stream_unrewarmed(
+    settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running_engine(settings) as engine:
+        await engine.submit(_readings("pump", sine(150)) + _readings("tank", sine(150)))
+        before = stream_state(engine, "pump")
+        model = engine.steppers()["default"].model
+        step = model.step
+
+        def poisons_pump(x: np.ndarray, state: tuple[np.ndarray, ...]) -> object:
+            loc, scale, new_state = step(x, state)
+            loc[0] = np.nan  # the round's first row: pump's reading
+            return loc, scale, new_state
+
+        monkeypatch.setattr(model, "step", poisons_pump)
+        refused, tank = await engine.submit([Reading("pump", 149.0 + 1000.0, (0.3,)),
+                                             Reading("tank", 149.0 + 1000.0, (0.3,))])
+        after = stream_state(engine, "pump")
+    assert isinstance(refused, InvalidReadingError) and "non-finite" in refused.detail
+    assert isinstance(tank, Result) and tank.gap and tank.warming_up  # rewarmed, applied
+    for name, array in before.items():
+        np.testing.assert_array_equal(after[name], array, err_msg=name)
+
+
 async def test_a_gap_with_policy_ignore_is_flagged_but_keeps_the_state(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, time={"gap_policy": "ignore"})
     async with running_engine(settings) as engine:

@@ -1,4 +1,4 @@
-"""The state arena: slots, growth, reuse, gather and scatter."""
+"""The state arena: slots, growth, reuse, records in and out."""
 
 from __future__ import annotations
 
@@ -15,24 +15,35 @@ def test_growth_by_doubling_keeps_every_stream_state() -> None:
     arena = StateArena(LAYOUT, capacity=2, max_streams=100)
     slots = np.array([arena.bind(f"s{i}", 0.9) for i in range(5)])
     assert arena.capacity == 8 and len(arena) == 5
-    h = np.arange(2 * 5 * 3, dtype=np.float32).reshape(2, 5, 3)  # (layers, batch, hidden)
-    arena.scatter_state(slots, (h, -h))
+    h = np.arange(5 * 2 * 3, dtype=np.float32).reshape(5, 2, 3)  # (batch, layers, hidden)
+    arena.states[slots] = np.stack([h, -h], axis=1)
     arena.bind("s5", 0.9)  # no growth needed; existing rows untouched
-    got_h, got_c = arena.gather_state(slots)
-    np.testing.assert_array_equal(got_h, h)
-    np.testing.assert_array_equal(got_c, -h)
-    assert got_h.flags["C_CONTIGUOUS"]
+    arena.bind("s8", 0.9)
+    arena.bind("s9", 0.9)
+    arena.bind("s10", 0.9)  # the ninth: grows
+    assert arena.capacity == 16
+    np.testing.assert_array_equal(arena.states[slots, 0], h)
+    np.testing.assert_array_equal(arena.states[slots, 1], -h)
+
+
+def test_the_states_view_is_the_records_state_fields() -> None:
+    arena = StateArena(LAYOUT, capacity=2, max_streams=2)
+    slot = arena.bind("a", 0.9)
+    arena.states[slot, 1, 0] = [1.0, 2.0, 3.0]  # c, first layer
+    assert arena.arrays["state_c"][slot].tolist() == [[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]]
+    assert not arena.arrays["state_h"][slot].any()
+    assert arena.states.shape == (2, 2, 2, 3)  # (slots, states, layers, hidden)
 
 
 def test_a_released_slot_is_reused_fresh() -> None:
     arena = StateArena(LAYOUT, capacity=1, max_streams=1)
     slot = arena.bind("a", 0.9)
     arena.arrays["count"][slot] = 7
-    arena.scatter_state(np.array([slot]), (np.ones((2, 1, 3), np.float32),) * 2)
+    arena.states[slot] = 1.0
     arena.release("a")
     assert arena.bind("b", 0.5) == slot
     assert arena.arrays["count"][slot] == 0 and arena.arrays["threshold"][slot] == 0.5
-    assert not arena.gather_state(np.array([slot]))[0].any()
+    assert not arena.states[slot].any()
     assert "a" not in arena and arena.stream_id_of(slot) == "b"
 
 
@@ -66,16 +77,19 @@ def test_take_and_put_move_whole_records_and_mark_them_seen() -> None:
         arena.put(slots[:1], np.zeros(1, [("count", np.int64)]), seen_at=0.0)
 
 
-def test_refresh_gives_fresh_values_to_the_rows_asked_except_the_fields_kept() -> None:
+def test_rewarm_gives_fresh_values_except_the_fields_kept_and_returns_the_old() -> None:
     arena = StateArena(LAYOUT, capacity=2, max_streams=2)
     slots = np.array([arena.bind("a", 0.5), arena.bind("b", 0.7)])
+    for name in ("count", "seen"):
+        arena.arrays[name][slots] = 9
+    arena.arrays["mean"][slots] = 3.0
+    before = arena.rewarm(slots[:1], keep=("seen", "threshold"))
     records = arena.take(slots)
-    records["count"], records["seen"], records["mean"] = 9, 9, 3.0
-    arena.refresh(records, np.array([True, False]), keep=("seen", "threshold"))
     assert records["count"].tolist() == [0, 9] and records["seen"].tolist() == [9, 9]
     assert records["mean"].tolist() == [[0.0], [3.0]]
     assert records["threshold"].tolist() == [0.5, 0.7]
     assert np.isnan(records["next_loc"][0]).all()
+    assert before["count"].tolist() == [9] and before["mean"].tolist() == [[3.0]]
 
 
 def test_a_copy_packs_the_live_streams_records_as_of_the_copy() -> None:
