@@ -66,9 +66,11 @@ _prefetch: Any = intrinsic(_prefetch_intrinsic)
 
 
 @inline
-def prefetch_record(records: Any, index: int) -> None:
-    """Start loading every cache line of `records[index]` (a random slot of a big arena is
-    a trip to memory: issued a few rows ahead, the trips overlap)."""
-    start = records.ctypes.data + index * records.itemsize
-    for line in range(start & ~63, start + records.itemsize, 64):
+def prefetch_row(array: Any, index: int) -> None:
+    """Start loading every cache line of `array[index]` (whose own axes are contiguous: a
+    record, or a field's view of one). A random slot of a big arena is a trip to memory:
+    issued a few rows ahead of their use, the trips overlap."""
+    size = array.itemsize * (array.size // array.shape[0])
+    start = array.ctypes.data + index * array.strides[0]
+    for line in range(start & ~63, start + size, 64):
         _prefetch(line)

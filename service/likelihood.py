@@ -51,7 +51,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from service.compiled import B1, F4, F8, I4, I8, U1, U2, array, inline, kernel
+from service.compiled import B1, F4, F8, I4, I8, U1, U2, array, inline, kernel, prefetch_row
 from service.normalization import std_of_one
 from service.settings import ScoringSettings
 
@@ -260,6 +260,7 @@ def step_in_place(
     return score
 
 
+_AHEAD = 4  # rows: how far ahead the state's rows are asked for
 _HALF_STEP = 2.0**-24  # between subnormal halves
 
 
@@ -325,6 +326,14 @@ def _step_rows(  # noqa: PLR0912, PLR0913, PLR0915 -- one pass, the whole recipe
     now = np.empty(signals, np.float32)
     min_var32 = np.float32(min_var)
     for r in range(n_rows):
+        if r + _AHEAD < n_rows:  # the state's larger rows (with the model call in between,
+            ahead = slots[r + _AHEAD]  # `gather`'s prefetch of the records is gone by now)
+            prefetch_row(recent, ahead)
+            prefetch_row(day_mean, ahead)
+            prefetch_row(day_var, ahead)
+            prefetch_row(day_count, ahead)
+            prefetch_row(level_values, ahead)
+            prefetch_row(level_var, ahead)
         q = slots[r]  # the row's stream in the state arrays
         # 1. The surprises: the forecast's, and the time-of-day profile's in the row's bin.
         now[0] = np.float32(np.minimum(s[r], MAX_SURPRISE))
