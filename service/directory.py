@@ -78,10 +78,9 @@ class StreamDirectory:
 
     def slots_of(self, name: str, stream_ids: list[str]) -> np.ndarray | None:
         """The slots of streams bound to model `name`, (batch,) int64; None if any is not."""
-        lookup = self.steppers[name].arena.slot_lookup()
-        try:  # fromiter refuses the None of an unbound stream
-            return np.fromiter(map(lookup, stream_ids), np.int64, len(stream_ids))
-        except TypeError:
+        try:
+            return self.steppers[name].arena.slots_of(stream_ids)
+        except KeyError:
             return None
 
     def route(
