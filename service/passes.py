@@ -97,6 +97,27 @@ def gather(
 
 
 @_compiled
+def forecasts(
+    loc_u: np.ndarray, scale_u: np.ndarray, new_state: tuple[np.ndarray, ...],
+    std: np.ndarray, mean: np.ndarray, per_stream: bool,
+    next_loc: np.ndarray, next_scale: np.ndarray, finite: np.ndarray,  # out
+) -> None:
+    """The model's standardized forecasts back in each stream's units; whether the forecast
+    and the new state are all finite (a row that is not must not be applied)."""
+    for r in range(loc_u.shape[0]):
+        ok = True
+        for c in range(loc_u.shape[1]):
+            next_loc[r, c] = loc_u[r, c] * std[r, c] + (mean[r, c] if per_stream else 0.0)
+            next_scale[r, c] = scale_u[r, c] * std[r, c]
+            ok = ok and np.isfinite(next_loc[r, c]) and np.isfinite(next_scale[r, c])
+        for s in range(len(new_state)):
+            for layer in range(new_state[s].shape[0]):
+                for h in range(new_state[s].shape[2]):
+                    ok = ok and np.isfinite(new_state[s][layer, r, h])
+        finite[r] = ok
+
+
+@_compiled
 def put(
     records: np.ndarray, states: np.ndarray, last_seen: np.ndarray, slots: np.ndarray,
     ts: np.ndarray, seen_at: float, new_state: tuple[np.ndarray, ...],

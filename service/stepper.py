@@ -239,12 +239,9 @@ class Stepper:
                       self._norm.warmup_n, self._norm.alpha, self._norm.clip_sigma,
                       u, state, loc, scale, z, observed, scorable, count, mean, var, std)
         loc_u, scale_u, new_state = self.model.step(u, tuple(state))
-        next_loc = loc_u * std + (mean if self._per_stream else 0.0)
-        next_scale = scale_u * std
-        finite: np.ndarray = np.logical_and.reduce([
-            np.isfinite(next_loc).all(axis=1), np.isfinite(next_scale).all(axis=1),
-            *(np.isfinite(s).all(axis=(0, 2)) for s in new_state),
-        ])
+        next_loc, next_scale, finite = np.empty_like(loc), np.empty_like(loc), np.empty(n, bool)
+        passes.forecasts(loc_u, scale_u, new_state, std, mean, self._per_stream,
+                         next_loc, next_scale, finite)
         if not finite.all():  # never let a poisoned state in: refuse those readings
             for i in rows[~finite].tolist():
                 errors[i] = InvalidReadingError(
