@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import fnmatch
+import functools
 import itertools
 from collections import OrderedDict, deque
 from collections.abc import Iterator, Sequence
@@ -21,6 +22,9 @@ from typing import Literal
 from service.errors import CapacityError
 
 
+# A fleet's readings mostly share their timestamps (streams sampled on the same clock), and
+# formatting one costs ~3 us against ~0.3 us for a cached one.
+@functools.lru_cache(maxsize=4096)
 def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
