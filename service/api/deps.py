@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -93,15 +94,26 @@ async def _admitted(
 
 def _admit(conn: HTTPConnection, keys: KeyRing, principal: Principal) -> None:
     """One request more for this key; RateLimitedError past its rate (keyed callers only)."""
-    limiter: RateLimiter | None = conn.app.state.limiter
-    if limiter is not None and not keys.open:
+    limiter = _limiter(conn, keys)
+    if limiter is not None:
         limiter.acquire(principal.name)
 
 
+def _limiter(conn: HTTPConnection, keys: KeyRing) -> RateLimiter | None:
+    """The rate limiter, if rates apply (they do to keyed callers only)."""
+    limiter: RateLimiter | None = conn.app.state.limiter
+    return None if keys.open else limiter
+
+
 def frame_admission(conn: HTTPConnection, principal: Principal) -> Callable[[], None]:
-    """For a WebSocket: call per frame; a frame counts as a request against the key's rate."""
-    keys: KeyRing = conn.app.state.keyring
-    return lambda: _admit(conn, keys, principal)
+    """For a WebSocket: call per frame; a frame counts as a request against the key's rate.
+    (The key ring and the limiter are the app's for its life: looked up once, not per frame.)"""
+    limiter = _limiter(conn, conn.app.state.keyring)
+    return _no_limit if limiter is None else functools.partial(limiter.acquire, principal.name)
+
+
+def _no_limit() -> None:
+    return None
 
 
 ReadKey = Annotated[Principal, Depends(_caller("read"))]
