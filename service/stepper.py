@@ -222,7 +222,9 @@ class Stepper:
         errors: dict[int, StreamwatchError],
     ) -> list[tuple[str, Alert]]:
         """Step the readings `rows` of fresh streams (at `slots`), in their records in place.
-        A reading refused here gets its error in `errors` and leaves its record as it was."""
+        A reading refused here gets its error in `errors` and leaves its record as it was; so
+        does every reading of a round whose model call raises (nothing is written before it
+        but a gap's rewarm, which is undone)."""
         arena, n, channels = self.arena, len(slots), x.shape[1]
         rewarmed = None
         if self._time.gap_policy == "rewarm" and gap.any():
@@ -238,7 +240,12 @@ class Stepper:
         passes.gather(arena.compiled, arena.states, slots, x, self._per_stream,
                       self._norm.warmup_n, self._norm.alpha, self._norm.clip_sigma,
                       u, state, loc, scale, z, observed, scorable, count, mean, var, std)
-        loc_u, scale_u, new_state = self.model.step(u, tuple(state))
+        try:
+            loc_u, scale_u, new_state = self.model.step(u, tuple(state))
+        except BaseException:
+            if rewarmed is not None:  # a round that fails leaves every stream as it was
+                arena.write_records(slots[rewarmed], before)
+            raise
         next_loc, next_scale, finite = np.empty_like(loc), np.empty_like(loc), np.empty(n, bool)
         passes.forecasts(loc_u, scale_u, new_state, std, mean, self._per_stream,
                          next_loc, next_scale, finite)

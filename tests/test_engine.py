@@ -285,6 +285,30 @@ async def test_a_reading_refused_after_a_gap_leaves_its_stream_unrewarmed(
         np.testing.assert_array_equal(after[name], array, err_msg=name)
 
 
+async def test_a_round_whose_model_call_fails_leaves_a_gapped_stream_unrewarmed(
+    settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.errors import RoundFailedError
+
+    async with running_engine(settings) as engine:
+        await engine.submit(_readings("pump", sine(150)))
+        before = stream_state(engine, "pump")
+        model = engine.steppers()["default"].model
+
+        def fails(x: np.ndarray, state: tuple[np.ndarray, ...]) -> object:
+            raise RuntimeError("the model call failed")
+
+        monkeypatch.setattr(model, "step", fails)
+        (failed,) = await engine.submit([Reading("pump", 149.0 + 1000.0, (0.3,))])
+        after = stream_state(engine, "pump")
+        monkeypatch.undo()
+        (retried,) = await engine.submit([Reading("pump", 149.0 + 1000.0, (0.3,))])
+    assert isinstance(failed, RoundFailedError)
+    for name, array in before.items():
+        np.testing.assert_array_equal(after[name], array, err_msg=name)
+    assert isinstance(retried, Result) and retried.gap and retried.warming_up
+
+
 async def test_a_gap_with_policy_ignore_is_flagged_but_keeps_the_state(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, time={"gap_policy": "ignore"})
     async with running_engine(settings) as engine:
