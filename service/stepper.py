@@ -119,19 +119,15 @@ class Stepper:
     def export(self, stream_ids: Sequence[str]) -> StreamBatch:
         """Copies of some bound streams' state, to persist."""
         ids = list(stream_ids)
-        slots = np.fromiter((self.arena.slot_of(sid) for sid in ids), np.int64, len(ids))
         return StreamBatch(
-            self.name, ids, self.arena.read_records(slots),
+            self.name, ids, self.arena.read_records(self.arena.slots_of(ids)),
             {sid: self._open[sid] for sid in ids if sid in self._open},
             {sid: self._last_alert[sid] for sid in ids if sid in self._last_alert},
         )
 
     def adopt(self, batch: StreamBatch) -> None:
         """Take persisted state for streams already bound here, replacing theirs."""
-        slots = np.fromiter(
-            (self.arena.slot_of(sid) for sid in batch.stream_ids), np.int64, len(batch.stream_ids)
-        )
-        self.arena.write_records(slots, batch.records)
+        self.arena.write_records(self.arena.slots_of(batch.stream_ids), batch.records)
         for sid in batch.stream_ids:
             _put(self._open, sid, batch.open_alerts.get(sid))
             _put(self._last_alert, sid, batch.last_alerts.get(sid))
