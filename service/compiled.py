@@ -33,13 +33,17 @@ def array(dtype: numba.types.Type, ndim: int) -> numba.types.Array:
 
 
 def kernel(*arg_types: Any) -> Callable[[_F], _F]:
-    """Compile a pass that writes its results into arrays it is given (it returns nothing).
+    """Compile a pass that writes its results into arrays it is given (it returns nothing):
+    at import, for the one signature `arg_types`; with none, at its first call for each
+    signature it meets (the passes over the records, whose dtype is the model's).
 
     Division by zero and invalid operations give inf and NaN, as numpy does, not exceptions:
     each caller refuses non-finite results where numpy's code did.
     """
-    compile_ = numba.njit(numba.void(*arg_types), cache=True, nogil=True, error_model="numpy")
-    return compile_
+    options: dict[str, Any] = {"cache": True, "nogil": True, "error_model": "numpy"}
+    if not arg_types:
+        return cast(Callable[[_F], _F], numba.njit(**options))
+    return cast(Callable[[_F], _F], numba.njit(numba.void(*arg_types), **options))
 
 
 def inline(function: _G) -> _G:

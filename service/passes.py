@@ -13,13 +13,11 @@ layout (a stepper calls them all once when it is made) and cached on disk as
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
-import numba
 import numpy as np
 
-from service.compiled import prefetch_row
+from service.compiled import kernel, prefetch_row
 from service.normalization import std_of_one, step_one
 from service.results import ANOMALY, CLOSED, GAP, OPENED, SCORED, WARMING
 from service.scoring import alert_one
@@ -27,14 +25,7 @@ from service.scoring import alert_one
 FRESH, DUPLICATE, LATE = 0, 1, 2
 _AHEAD = 4  # rows: how far ahead `gather` asks for a record (measured: 2 to 8 alike)
 
-_F = TypeVar("_F", bound=Callable[..., Any])
-
-
-def _compiled(function: _F) -> _F:
-    return cast(_F, numba.njit(cache=True, nogil=True, error_model="numpy")(function))
-
-
-@_compiled
+@kernel()
 def check(
     records: np.ndarray, slots: np.ndarray, ts: np.ndarray, gap_factor: float,
     status: np.ndarray, gap: np.ndarray,  # out
@@ -48,7 +39,7 @@ def check(
         gap[r] = rec.count > 1 and ts[r] - last > gap_factor * rec.interval
 
 
-@_compiled
+@kernel()
 def gather(
     records: np.ndarray, states: np.ndarray, slots: np.ndarray, x: np.ndarray,
     per_stream: bool, warmup_n: int, alpha: float, clip_sigma: float,
@@ -96,7 +87,7 @@ def gather(
                 state[k, layer, r, :] = states[q, k, layer, :]
 
 
-@_compiled
+@kernel()
 def forecasts(
     loc_u: np.ndarray, scale_u: np.ndarray, new_state: tuple[np.ndarray, ...],
     std: np.ndarray, mean: np.ndarray, per_stream: bool,
@@ -117,7 +108,7 @@ def forecasts(
         finite[r] = ok
 
 
-@_compiled
+@kernel()
 def put(
     records: np.ndarray, states: np.ndarray, last_seen: np.ndarray, slots: np.ndarray,
     ts: np.ndarray, seen_at: float, new_state: tuple[np.ndarray, ...],
@@ -161,7 +152,7 @@ def put(
         last_seen[q] = seen_at
 
 
-@_compiled
+@kernel()
 def results(records: np.ndarray, slots: np.ndarray, out: np.ndarray) -> None:
     """The fields a reading's result reads (`RESULT_FIELDS`) of each row's record."""
     for r in range(slots.shape[0]):
