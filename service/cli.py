@@ -69,15 +69,10 @@ def _serve(args: argparse.Namespace) -> int:
     from service.app import create_app
     from service.logs import log_config
     from service.security import bind_host
-    from service.settings import Settings
+    from service.settings import command_settings
 
-    overrides: dict[str, object] = {}
     server = {k: v for k in ("host", "port", "workers") if (v := getattr(args, k)) is not None}
-    if server:
-        overrides["server"] = server
-    if args.models_dir is not None:
-        overrides["model"] = {"dir": args.models_dir}
-    settings = Settings(**overrides)  # type: ignore[arg-type]
+    settings = command_settings(args.models_dir, **({"server": server} if server else {}))
     gc.set_threshold(*settings.server.gc_thresholds)
     logging.config.dictConfig(log_config(settings.log))
     logging.captureWarnings(True)  # warnings become log lines too, not bare stderr text
@@ -112,10 +107,9 @@ def _compile(args: argparse.Namespace) -> int:
     loads them from numba's cache) for the model's record layout."""
     from service.directory import StreamDirectory
     from service.registry import ModelRegistry
-    from service.settings import Settings
+    from service.settings import command_settings
 
-    overrides = {} if args.models_dir is None else {"model": {"dir": args.models_dir}}
-    settings = Settings(**overrides)  # type: ignore[arg-type]
+    settings = command_settings(args.models_dir)
     StreamDirectory(ModelRegistry.load(settings.model), settings)
     return 0
 

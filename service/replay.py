@@ -23,7 +23,7 @@ from service.model import Forecaster
 from service.registry import ModelRegistry
 from service.results import Outcome, Reading, Result
 from service.series import DataError, load_csv
-from service.settings import Settings
+from service.settings import Settings, command_settings
 
 
 def readings_of(
@@ -125,10 +125,7 @@ def _join(values: list[float] | None) -> str:
 
 def replay_command(args: argparse.Namespace) -> int:
     """`streamwatch replay FILE --stream ID [--model M] --out RESULTS.csv`."""
-    overrides: dict[str, object] = {}
-    if args.models_dir is not None:
-        overrides["model"] = {"dir": args.models_dir}
-    settings = Settings(**overrides)  # type: ignore[arg-type]
+    settings = command_settings(args.models_dir)
     registry = ModelRegistry.load(settings.model)
     model_name = registry.model_for(args.stream, args.model)
     card = registry.get(model_name).card

@@ -240,6 +240,14 @@ class Settings(BaseSettings):
         return sources
 
 
+def command_settings(models_dir: Path | None, **overrides: object) -> Settings:
+    """A command's settings: the environment's, under its flags (`--models-dir` and others,
+    each group's as a dict)."""
+    if models_dir is not None:
+        overrides["model"] = {"dir": models_dir}
+    return Settings(**overrides)  # type: ignore[arg-type]
+
+
 def settings_table() -> str:
     """Every setting as a markdown table (environment variable, default, meaning)."""
     rows = ["| environment variable | default | meaning |", "|---|---|---|"]
