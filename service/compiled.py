@@ -69,6 +69,11 @@ _get_or_insert_function: Any = cgutils.get_or_insert_function
 _prefetch: Any = intrinsic(_prefetch_intrinsic)
 
 
+# Rows ahead that a pass asks for the row it will need (measured in `passes.gather`: 2 to 8
+# alike).
+PREFETCH_AHEAD = 4
+
+
 @inline
 def prefetch_row(array: Any, index: int) -> None:
     """Start loading every cache line of `array[index]` (whose own axes are contiguous: a

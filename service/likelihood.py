@@ -51,7 +51,20 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from service.compiled import B1, F4, F8, I4, I8, U1, U2, array, inline, kernel, prefetch_row
+from service.compiled import (
+    B1,
+    F4,
+    F8,
+    I4,
+    I8,
+    PREFETCH_AHEAD,
+    U1,
+    U2,
+    array,
+    inline,
+    kernel,
+    prefetch_row,
+)
 from service.normalization import std_of_one
 from service.settings import ScoringSettings
 
@@ -260,7 +273,6 @@ def step_in_place(
     return score
 
 
-_AHEAD = 4  # rows: how far ahead the state's rows are asked for
 _HALF_STEP = 2.0**-24  # between subnormal halves
 
 
@@ -326,8 +338,10 @@ def _step_rows(  # noqa: PLR0912, PLR0913, PLR0915 -- one pass, the whole recipe
     now = np.empty(signals, np.float32)
     min_var32 = np.float32(min_var)
     for r in range(n_rows):
-        if r + _AHEAD < n_rows:  # the state's larger rows (with the model call in between,
-            ahead = slots[r + _AHEAD]  # `gather`'s prefetch of the records is gone by now)
+        # The state's larger rows, a few rows ahead (with the model call in between, `gather`'s
+        # prefetch of the records is gone by now).
+        if r + PREFETCH_AHEAD < n_rows:
+            ahead = slots[r + PREFETCH_AHEAD]
             prefetch_row(recent, ahead)
             prefetch_row(day_mean, ahead)
             prefetch_row(day_var, ahead)

@@ -17,13 +17,12 @@ from typing import Any, cast
 
 import numpy as np
 
-from service.compiled import kernel, prefetch_row
+from service.compiled import PREFETCH_AHEAD, kernel, prefetch_row
 from service.normalization import std_of_one, step_one
 from service.results import ANOMALY, CLOSED, GAP, OPENED, SCORED, WARMING
 from service.scoring import alert_one
 
 FRESH, DUPLICATE, LATE = 0, 1, 2
-_AHEAD = 4  # rows: how far ahead `gather` asks for a record (measured: 2 to 8 alike)
 
 @kernel()
 def check(
@@ -58,8 +57,8 @@ def gather(
     channels, n = x.shape[1], slots.shape[0]
     filled = np.empty(channels)
     for r in range(n):
-        if r + _AHEAD < n:
-            prefetch_row(records, slots[r + _AHEAD])
+        if r + PREFETCH_AHEAD < n:
+            prefetch_row(records, slots[r + PREFETCH_AHEAD])
         q = slots[r]
         rec = records[q]
         has_forecast = rec.count > 0
