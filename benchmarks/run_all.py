@@ -20,6 +20,7 @@ from pathlib import Path
 import onnxruntime
 
 from benchmarks import (
+    cell_graph,
     engine_vs_ort,
     latency,
     memory,
@@ -43,6 +44,7 @@ def run_all(models_dir: Path, duration_s: float, quick: bool) -> list[Figure]:
 
     step("engine vs raw ORT", lambda: engine_vs_ort.run(models_dir, min(duration_s, 8.0)))
     step("ORT session options", lambda: ort_options.run(models_dir, 1.0 if quick else 2.0))
+    step("exported cell vs fused op", lambda: cell_graph.run(0.5 if quick else 1.0))
     step("REST single", lambda: rest_single.run(models_dir, duration_s))
     saturation = next(f for f in figures if f.key == "rest_single").value
     step("latency at half load", lambda: latency.run(models_dir, saturation / 2, duration_s))

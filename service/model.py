@@ -150,13 +150,7 @@ class Forecaster:
             raise ModelLoadError(
                 f"{onnx_path} has sha256 {actual}, but its card says {card.sha256}: refusing it"
             )
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = 1
-        # Spinning burns a core between calls; worth it only under a steady stream of batches.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-        session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-        return cls(card, session)
+        return cls(card, session_of(onnx_path, intra_op_threads=intra_op_threads, spin=spin))
 
     def initial_state(self, batch: int) -> State:
         shape = (self.card.num_layers, batch, self.card.hidden_size)
@@ -167,3 +161,15 @@ class Forecaster:
         feeds = {"x": x, **dict(zip(self.card.state_names, state, strict=True))}
         loc, scale, *new_state = self._session.run(self._outputs, feeds)
         return loc, scale, tuple(new_state)
+
+
+def session_of(
+    onnx_path: Path, *, intra_op_threads: int = 1, spin: bool = False
+) -> ort.InferenceSession:
+    """An ONNX Runtime session on the CPU, with the threads and spinning the server runs."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = 1
+    # Spinning burns a core between calls; worth it only under a steady stream of batches.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])

@@ -18,8 +18,8 @@ from service.settings import Settings
 from tests.conftest import MODELS_DIR, sine
 from training.baselines import write_baseline
 from training.evaluate import run_nab
-from training.export import export_model
-from training.finetune import FinetuneConfig, finetune_stream, load_torch_forecaster
+from training.export import export_model, load_torch_forecaster
+from training.finetune import FinetuneConfig, finetune_stream
 from training.model import Forecaster as TorchForecaster
 from training.nab import NabFile, load_corpus, load_profiles, load_scores
 from training.nab_replay import alert_openings, replay_corpus, score_detector

@@ -70,5 +70,5 @@ def test_columns_with_synthetic_data_is_a_usage_error(capsys: pytest.CaptureFixt
 def test_a_subcommand_training_does_not_provide_exits_2(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert main(["export", "--out", "x"]) == 2
-    assert "streamwatch export: not provided" in capsys.readouterr().err
+    assert main(["compile"]) == 2
+    assert "streamwatch compile: not a training command" in capsys.readouterr().err

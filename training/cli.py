@@ -1,10 +1,12 @@
 """`streamwatch train`: arguments in, a trained, calibrated, exported model directory out.
+`streamwatch export`: a model directory written again as this version exports it.
 
 `service.cli` hands over `argv` with the subcommand first, importing this module (and
 PyTorch) only then.
 
     streamwatch train --synthetic --cell gru --hidden 64 --epochs 30 --seed 0 --out models/x
     streamwatch train --data sensors/ --columns temp,pressure --out models/plant
+    streamwatch export models/plant --out models/plant-2
 """
 
 from __future__ import annotations
@@ -16,9 +18,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from service.model import sha256_of
+import numpy as np
+
+from service.errors import ModelLoadError
+from service.model import ModelCard, sha256_of
 from service.series import DataError, Stream, load_streams
 from training.dataset import DatasetError
+from training.export import PARITY_STEPS, ParityError, reexport
 from training.pipeline import build_model
 from training.synthetic import SyntheticConfig, generate
 from training.train import TrainConfig
@@ -30,13 +36,11 @@ def main(argv: list[str]) -> int:
         from training.evaluate import main as evaluate
 
         return evaluate(argv[1:])
+    if argv and argv[0] == "export":
+        return _export(argv[1:])
     if not argv or argv[0] != "train":
-        command = argv[0] if argv else "(none)"
-        print(
-            f"streamwatch {command}: not provided by training; `streamwatch train` trains, "
-            "calibrates and exports in one go",
-            file=sys.stderr,
-        )
+        print(f"streamwatch {argv[0] if argv else '(none)'}: not a training command",
+              file=sys.stderr)
         return 2
     parser = _parser()
     args = parser.parse_args(argv[1:])
@@ -79,6 +83,33 @@ def main(argv: list[str]) -> int:
         f"{heldout['mae']:.4f} vs last value {heldout['mae_last_value']:.4f}, "
         f"{card.training['seconds']}s"
     )
+    return 0
+
+
+def _export(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="streamwatch export",
+        description="Write a model directory again as this version exports it: the same "
+        "weights and card, the step graph ONNX Runtime runs fastest (a GRU or RNN exported "
+        "by an earlier version as ONNX's fused op steps rounds of 1,024 about 1.8 and 2.7 "
+        "times as fast), checked for parity.",
+    )
+    p.add_argument("model_dir", type=Path, help="the model directory to read")
+    p.add_argument("--out", type=Path, required=True, help="model directory to write (a new one)")
+    args = p.parse_args(argv)
+    if args.out.resolve() == args.model_dir.resolve():
+        p.error("--out must be another directory: a failed export deletes what it wrote")
+    try:
+        card = ModelCard.load(args.model_dir)
+        streams = generate(SyntheticConfig(n_streams=5, length=PARITY_STEPS,
+                                           channels=card.n_channels))
+        values = np.stack([s.values for s in streams], axis=1).astype(np.float32)
+        card = reexport(args.model_dir, args.out, values)
+    except (ModelLoadError, ValueError, ParityError) as exc:
+        print(f"streamwatch export: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.out}: sha256 {card.sha256}, parity "
+          f"{card.metrics['onnx_parity_max_abs_diff']:.2g}")
     return 0
 
 

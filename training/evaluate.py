@@ -31,8 +31,8 @@ from service.model import Forecaster
 from service.registry import ModelRegistry
 from service.settings import Settings
 from training.baselines import BASELINES, write_baseline
-from training.export import ParityError
-from training.finetune import finetune_stream, load_torch_forecaster
+from training.export import ParityError, load_torch_forecaster
+from training.finetune import finetune_stream
 from training.nab import NabFile, load_corpus, load_profiles
 from training.nab_replay import DetectorReport, replay_corpus, score_detector
 from training.nab_report import write_detector_results, write_summary

@@ -2,9 +2,10 @@
 
 NAB lets a detector learn from each file's probationary period (its first 15%, at most 750
 readings). `finetune_stream` starts from the general model's weights (read back from its
-ONNX file, checked for parity), trains a few seconds on that stretch as the server would
-feed it (`service.normalization.normalize_series`), keeping the epoch with the best NLL on
-its last fifth, and writes a model directory the server loads like any other.
+ONNX file by `training.export.load_torch_forecaster`, checked for parity), trains a few
+seconds on that stretch as the server would feed it (`service.normalization.normalize_series`),
+keeping the epoch with the best NLL on its last fifth, and writes a model directory the server
+loads like any other.
 
 >>> general = load_torch_forecaster(Path("models/default"))  # doctest: +SKIP
 >>> card = finetune_stream(general, ServedForecaster.load(Path("models/default")).card,
@@ -21,21 +22,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-import onnx
 import torch
-from onnx import numpy_helper
 
-from service.model import ONNX_FILE, ModelCard
+from service.model import ModelCard
 from service.normalization import NormalizerParams, normalize_series
 from training.calibrate import calibration_table
 from training.dataset import Sequences, pack
-from training.export import check_parity, export_model
+from training.export import export_model
 from training.model import Forecaster
 from training.train import evaluate_nll
-
-_RNN_OPS = {"GRU": "gru", "LSTM": "lstm", "RNN": "rnn"}
-# ONNX orders gates z, r, h (GRU) and i, o, f, c (LSTM); PyTorch r, z, n and i, f, g, o.
-_TORCH_GATES = {"gru": [1, 0, 2], "lstm": [0, 2, 3, 1], "rnn": [0]}
 
 
 @dataclass(frozen=True)
@@ -49,52 +44,6 @@ class FinetuneConfig:
     burn_in: int = 32  # first targets not counted: the state is still settling
     calibrate: bool = False  # refit the calibration table on the stretch (else keep the card's)
     seed: int = 0
-
-
-def load_torch_forecaster(model_dir: Path) -> Forecaster:
-    """The PyTorch `Forecaster` whose export is `model_dir/model.onnx`, weights and all.
-
-    Raises ValueError if the graph is not one `training.export` writes, and
-    `training.export.ParityError` if the rebuilt module does not step as the ONNX file does.
-    """
-    card = ModelCard.load(model_dir)
-    graph = onnx.load(str(model_dir / ONNX_FILE)).graph
-    weights = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
-    model = Forecaster(
-        card.cell, card.hidden_size, card.num_layers, card.n_channels, card.nonlinearity
-    )
-    missing = {"model.mean", "model.std", "model.head.bias"} - set(weights)
-    if missing:
-        raise ValueError(
-            f"{model_dir}: not a graph training.export writes (no {', '.join(sorted(missing))}); "
-            "per-stream fine-tuning needs one"
-        )
-    state = {"mean": weights["model.mean"], "std": weights["model.std"]}
-    layers = [n for n in graph.node if n.op_type in _RNN_OPS]
-    if len(layers) != card.num_layers or any(_RNN_OPS[n.op_type] != card.cell for n in layers):
-        raise ValueError(f"{model_dir}: the graph's recurrent layers do not match the card")
-    gates = _TORCH_GATES[card.cell]
-    for k, node in enumerate(layers):
-        w, r, b = (weights[name][0] for name in node.input[1:4])
-        state[f"rnn.weight_ih_l{k}"] = _reorder(w, gates)
-        state[f"rnn.weight_hh_l{k}"] = _reorder(r, gates)
-        w_bias, r_bias = np.split(b, 2)
-        state[f"rnn.bias_ih_l{k}"] = _reorder(w_bias, gates)
-        state[f"rnn.bias_hh_l{k}"] = _reorder(r_bias, gates)
-    head = [n for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights]
-    if len(head) != 1:
-        raise ValueError(f"{model_dir}: expected one head MatMul in the graph")
-    state["head.weight"] = weights[head[0].input[1]].T
-    state["head.bias"] = weights["model.head.bias"]
-    model.load_state_dict({k: torch.from_numpy(np.array(v, copy=True)) for k, v in state.items()})
-    model.eval()
-    probe = np.sin(np.arange(200.0) / 7.0)[:, None, None].repeat(card.n_channels, axis=2)
-    check_parity(model, model_dir / ONNX_FILE, probe.astype(np.float32), batch_sizes=(1,))
-    return model
-
-
-def _reorder(blocks: np.ndarray, gates: list[int]) -> np.ndarray:
-    return np.concatenate([np.split(blocks, len(gates))[g] for g in gates])
 
 
 def finetune_stream(
