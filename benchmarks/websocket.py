@@ -80,7 +80,9 @@ async def _drive(url: str, per_frame: int, duration_s: float, prefix: str,
         frame = _frames(connection, per_frame, prefix, columns)
         batch = [frame(n) for n in range(max(1, 20_000 // per_frame))]  # built before timing
         async with connect(url, max_size=None, compression=None) as ws:
-            in_flight, n = 0, 0
+            # The sender fills the window, then waits until a reply frees room in it (a busy
+            # loop of sleep(0) took most of this client's core).
+            room, in_flight, n = asyncio.Event(), 0, 0
 
             async def reader() -> None:
                 nonlocal in_flight
@@ -90,18 +92,20 @@ async def _drive(url: str, per_frame: int, duration_s: float, prefix: str,
                     else:
                         replies[connection] += 1
                     in_flight -= 1
+                    room.set()
                     if in_flight == 0 and time.perf_counter() >= deadline:
                         return
 
             task = asyncio.create_task(reader())
             while time.perf_counter() < deadline:
-                while in_flight < window and n < len(batch):
+                while in_flight < window:
+                    if n == len(batch):  # past the frames built before: one more, as it goes
+                        batch.append(frame(n))  # (building them in bursts stalled the server)
                     await ws.send(batch[n])
                     in_flight += 1
                     n += 1
-                if n == len(batch):  # more frames: build them now (rare with 20k readings)
-                    batch += [frame(k) for k in range(n, 2 * n)]
-                await asyncio.sleep(0)
+                room.clear()
+                await room.wait()
             if in_flight == 0:  # the reader drained the window before the deadline: it waits
                 task.cancel()  # for a reply that will not come, so it would never return
             with contextlib.suppress(asyncio.CancelledError):
