@@ -85,9 +85,10 @@ def create_app(settings: Settings) -> FastAPI:
         DirectRoutes,
         routes=[r for r in readings.router.routes if isinstance(r, APIRoute)],
         exception_handlers=app.exception_handlers,
+        websockets=[ingest_ws.route],
     )
     app.add_middleware(AccessMiddleware, metrics=collectors, log_access=settings.log.access)
-    for module in (readings, ingest_ws, alerts, streams, models, health, metrics):
+    for module in (readings, alerts, streams, models, health, metrics):
         app.include_router(module.router)
     _document_wire_models(app)
     return app

@@ -138,7 +138,7 @@ async def ingest_of(conn: HTTPConnection) -> Ingest:
     took (`python -m benchmarks.edge_cost`). Their OpenAPI operations declare the bearer
     scheme with INGEST_SECURITY. They must: their POSTs are served by
     `service.api.direct.DirectRoutes`, which resolves no dependency (and refuses a route that
-    declares one). The WebSocket route, resolved once per connection, takes it as `IngestDep`.
+    declares one), as is the WebSocket ingest.
     """
     state = conn.app.state
     credentials = None if state.keyring.open else await _bearer(conn)  # open: no key to read
@@ -146,7 +146,6 @@ async def ingest_of(conn: HTTPConnection) -> Ingest:
     return Ingest(state.engine, state.settings.limits, caller)
 
 
-IngestDep = Annotated[Ingest, Depends(ingest_of)]
 # What a `credentials` dependency would have put in a reading route's OpenAPI operation.
 INGEST_SECURITY: dict[str, Any] = {"security": [{"HTTPBearer": []}]}
 

@@ -1,4 +1,4 @@
-"""The reading routes' POSTs, handed to their endpoints without FastAPI's per-request layers.
+"""The reading routes, handed to their endpoints without FastAPI's per-request layers.
 
 A one-reading POST spent about a third of its CPU in FastAPI's exception middleware, router
 and request handler: more than the engine and the route's own work together (py-spy over
@@ -11,6 +11,9 @@ FastAPI still declares the routes (OpenAPI) and serves everything else, other me
 these paths included. An error maps to its response through the app's own exception
 handlers, as Starlette's ExceptionMiddleware would; one with no handler but the catch-all
 goes on to the server-error middleware further out, as before.
+
+The WebSocket ingest (`service.api.ingest_ws`; OpenAPI describes no WebSocket) is served
+here alone: a plain ASGI endpoint, on the server's own channels.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 
 from fastapi.routing import APIRoute
 from starlette.requests import Request
-from starlette.routing import Match
+from starlette.routing import Match, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 ExceptionHandlers = Mapping[Any, Any]
@@ -30,7 +33,11 @@ class DirectRoutes:
     """Pure ASGI: POSTs matching `routes` go straight to their endpoints."""
 
     def __init__(
-        self, app: ASGIApp, routes: Sequence[APIRoute], exception_handlers: ExceptionHandlers
+        self,
+        app: ASGIApp,
+        routes: Sequence[APIRoute],
+        exception_handlers: ExceptionHandlers,
+        websockets: Sequence[WebSocketRoute] = (),
     ) -> None:
         for route in routes:  # what FastAPI would resolve, the endpoint would not get here
             needs = route.dependant
@@ -40,6 +47,7 @@ class DirectRoutes:
                 )
         self.app = app
         self.routes = list(routes)
+        self.websockets = list(websockets)
         # The catch-all handler belongs to the server-error middleware, which also re-raises.
         self.handlers = {
             kind: handler for kind, handler in exception_handlers.items()
@@ -53,6 +61,13 @@ class DirectRoutes:
                 if match is Match.FULL:
                     scope.update(child)  # path_params, endpoint, route (the access line's label)
                     await self._serve(route, scope, receive, send)
+                    return
+        elif scope["type"] == "websocket":
+            for socket in self.websockets:
+                match, child = socket.matches(scope)
+                if match is Match.FULL:
+                    scope.update(child, route=socket)  # the route: the access line's label
+                    await socket.endpoint(scope, receive, send)
                     return
         await self.app(scope, receive, send)
 
