@@ -90,9 +90,8 @@ def _export(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="streamwatch export",
         description="Write a model directory again as this version exports it: the same "
-        "weights and card, the step graph ONNX Runtime runs fastest (a GRU or RNN exported "
-        "by an earlier version as ONNX's fused op steps rounds of 1,024 about 1.8 and 2.7 "
-        "times as fast), checked for parity.",
+        "weights and card, the step graph ONNX Runtime runs fastest (a GRU or RNN that an "
+        "earlier version exported as ONNX's fused op steps faster after), checked for parity.",
     )
     p.add_argument("model_dir", type=Path, help="the model directory to read")
     p.add_argument("--out", type=Path, required=True, help="model directory to write (a new one)")

@@ -187,7 +187,7 @@ def load_torch_forecaster(model_dir: Path) -> Forecaster:
     if missing:
         raise ValueError(
             f"{model_dir}: not a graph training.export writes (no {', '.join(sorted(missing))}); "
-            "per-stream fine-tuning needs one"
+            "reading its weights back needs one"
         )
     names = [f"model.{key}" for key in model.state_dict()]
     if set(names) <= set(weights):
@@ -232,8 +232,6 @@ def _reorder(blocks: np.ndarray, gates: list[int]) -> np.ndarray:
 def reexport(model_dir: Path, out_dir: Path, values: np.ndarray) -> ModelCard:
     """Write `model_dir`'s model to `out_dir` again as this version exports it: the same
     weights and card (its sha256 and parity figure new), the step graph `Forecaster.step`
-    writes. A GRU or RNN exported as the fused op steps rounds of 1,024 about 1.8 and 2.7
-    times as fast after. `values` (time, streams, channels): readings for the parity check.
-    """
+    writes. `values` (time, streams, channels): readings for the parity check."""
     model = load_torch_forecaster(model_dir)
     return export_model(model, out_dir, ModelCard.load(model_dir), values)

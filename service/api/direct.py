@@ -30,7 +30,8 @@ ExceptionHandlers = Mapping[Any, Any]
 
 
 class DirectRoutes:
-    """Pure ASGI: POSTs matching `routes` go straight to their endpoints."""
+    """Pure ASGI: POSTs matching `routes` go straight to their endpoints, and WebSockets
+    matching `websockets` to theirs (plain ASGI endpoints)."""
 
     def __init__(
         self,

@@ -10,8 +10,8 @@ with 1009.
 
 The route is served by `service.api.direct.DirectRoutes`, as a plain ASGI endpoint: each frame
 in and each reply out go through the server's own channels, not through Starlette's WebSocket
-and exception middleware, whose four layers cost about 5% of the server's CPU at one reading
-per frame.
+and exception middleware, four layers of Python calls a frame (without them, 7% more readings/s
+at one reading a frame).
 """
 
 from __future__ import annotations
