@@ -18,7 +18,11 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from service.settings import Settings
 
-_TRAINING_COMMANDS = {"train", "export", "evaluate"}
+_TRAINING_COMMANDS = {
+    "train": "train, calibrate and export a model",
+    "export": "write a model again as this version exports it",
+    "evaluate": "score models on a labelled corpus (NAB)",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,8 +62,8 @@ def _parser() -> argparse.ArgumentParser:
         "compile", help="compile the models' passes into numba's cache (an image build runs it)"
     )
     compile_.add_argument("--models-dir", type=Path, help="where models are loaded from")
-    for name in sorted(_TRAINING_COMMANDS):
-        commands.add_parser(name, help=f"{name} (needs the train extra: pip install .[train])")
+    for name, does in sorted(_TRAINING_COMMANDS.items()):
+        commands.add_parser(name, help=f"{does} (needs the train extra: pip install .[train])")
     return parser
 
 
