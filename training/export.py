@@ -40,19 +40,24 @@ class ParityError(RuntimeError):
 
 
 class _Step(nn.Module):
-    """`Forecaster.step` with the state as separate tensors, the shape ONNX export wants."""
+    """`Forecaster.step` (with `fused`, `step_fused`) with the state as separate tensors, the
+    shape ONNX export wants."""
 
-    def __init__(self, model: Forecaster) -> None:
+    def __init__(self, model: Forecaster, fused: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.fused = fused
 
     def forward(self, x: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
-        loc, scale, new_state = self.model.step(x, tuple(state))
+        step = self.model.step_fused if self.fused else self.model.step
+        loc, scale, new_state = step(x, tuple(state))
         return (loc, scale, *new_state)
 
 
-def export_onnx(model: Forecaster, path: Path, opset: int = OPSET) -> None:
-    """Write the single-step graph of `model` to `path` (no parity check: see `export_model`)."""
+def export_onnx(model: Forecaster, path: Path, opset: int = OPSET, *, fused: bool = False) -> None:
+    """Write the single-step graph of `model` to `path` (no parity check: see `export_model`).
+    With `fused`, the cell as ONNX's fused GRU/LSTM/RNN op, as this package exported every cell
+    before it wrote GRU and RNN cells out (`benchmarks.cell_graph` compares the two)."""
     model.eval()
     names = model.state_names
     batch = 2
@@ -70,7 +75,7 @@ def export_onnx(model: Forecaster, path: Path, opset: int = OPSET) -> None:
         # A warning for variable-length batches; every row here steps exactly one reading.
         warnings.filterwarnings("ignore", message=r"Exporting a model to ONNX with a batch_size")
         torch.onnx.export(
-            _Step(model),
+            _Step(model, fused),
             example,
             str(path),
             dynamo=False,

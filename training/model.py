@@ -107,8 +107,7 @@ class Forecaster(nn.Module):
         1,024 a little faster than the LSTM written out, so an LSTM steps through the layer's
         call (`python -m benchmarks.cell_graph`)."""
         if self.cell == "lstm":
-            loc, scale, new_state = self(x.unsqueeze(0), state)
-            return loc.squeeze(0), scale.squeeze(0), new_state
+            return self.step_fused(x, state)
         z = self._z(x)
         h = z
         new_h = []
@@ -117,6 +116,12 @@ class Forecaster(nn.Module):
             new_h.append(h)
         loc, scale = self._forecast(z, h)
         return loc, scale, (torch.stack(new_h),)
+
+    def step_fused(self, x: Tensor, state: State) -> tuple[Tensor, Tensor, State]:
+        """`step` through the recurrent layer's own call, which exports to ONNX's fused
+        GRU/LSTM/RNN op."""
+        loc, scale, new_state = self(x.unsqueeze(0), state)
+        return loc.squeeze(0), scale.squeeze(0), new_state
 
     def _cell(self, layer: int, x: Tensor, h: Tensor) -> Tensor:
         """One GRU or RNN layer's step, as `nn.GRU` and `nn.RNN` compute it (the GRU's gates in
