@@ -204,8 +204,8 @@ class Engine:
         return job.future
 
     def _future(self) -> asyncio.Future[Any]:
-        loop = self._event_loop
-        if self._closing or self._task is None or loop is None:
+        loop = self._event_loop  # set when the engine starts
+        if self._closing or loop is None:
             raise ShuttingDownError("the engine is not running")
         return loop.create_future()
 

@@ -20,7 +20,7 @@ import torch
 from onnx import numpy_helper
 from torch import Tensor, nn
 
-from service.model import CARD_FILE, ONNX_FILE, ModelCard, sha256_of
+from service.model import CARD_FILE, ONNX_FILE, ModelCard, session_of, sha256_of
 from service.model import Forecaster as ServedForecaster
 from training.model import Forecaster
 
@@ -100,7 +100,7 @@ def check_parity(
     `PARITY_STEPS` are used, and the streams are cycled (each copy shifted in time) to fill a
     batch. Raises `ParityError` above `atol`.
     """
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    session = session_of(onnx_path)  # as the server runs it
     worst = 0.0
     for batch in batch_sizes:
         x = _parity_batch(values, batch)  # (time, batch, channels)
