@@ -81,20 +81,23 @@ def _child(duration_s: float) -> dict[str, dict[str, dict[str, float]]]:
 
 
 def _rates(session: object, state_names: tuple[str, ...], duration_s: float) -> dict[str, float]:
-    run = session.run  # type: ignore[attr-defined]
     outputs = [o.name for o in session.get_outputs()]  # type: ignore[attr-defined]
+
+    def step(x: np.ndarray, state: list[np.ndarray]) -> list[np.ndarray]:
+        feeds = {"x": x, **dict(zip(state_names, state, strict=True))}
+        return session.run(outputs, feeds)[2:]  # type: ignore[attr-defined,no-any-return]
+
     rng = np.random.default_rng(0)
     rates = {}
     for batch in BATCHES:
         x = rng.normal(size=(batch, 1)).astype(np.float32)
         state = [np.zeros((1, batch, HIDDEN), np.float32) for _ in state_names]
         for _ in range(10):
-            _, _, *state = run(outputs, {"x": x, **dict(zip(state_names, state, strict=True))})
+            state = step(x, state)
         calls, cpu = 0, time.process_time()
         while (elapsed := time.process_time() - cpu) < duration_s:
             for _ in range(10):
-                _, _, *state = run(outputs, {"x": x, **dict(zip(state_names, state,
-                                                                 strict=True))})
+                state = step(x, state)
             calls += 10
         rates[str(batch)] = calls * batch / elapsed
     return rates

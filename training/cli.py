@@ -24,7 +24,7 @@ from service.errors import ModelLoadError
 from service.model import ModelCard, sha256_of
 from service.series import DataError, Stream, load_streams
 from training.dataset import DatasetError
-from training.export import PARITY_STEPS, ParityError, reexport
+from training.export import PARITY_STEPS, ParityError, export_model, load_torch_forecaster
 from training.pipeline import build_model
 from training.synthetic import SyntheticConfig, generate
 from training.train import TrainConfig
@@ -100,10 +100,11 @@ def _export(argv: list[str]) -> int:
         p.error("--out must be another directory: a failed export deletes what it wrote")
     try:
         card = ModelCard.load(args.model_dir)
+        model = load_torch_forecaster(args.model_dir)
         streams = generate(SyntheticConfig(n_streams=5, length=PARITY_STEPS,
                                            channels=card.n_channels))
         values = np.stack([s.values for s in streams], axis=1).astype(np.float32)
-        card = reexport(args.model_dir, args.out, values)
+        card = export_model(model, args.out, card, values)  # the same weights and card
     except (ModelLoadError, ValueError, ParityError) as exc:
         print(f"streamwatch export: {exc}", file=sys.stderr)
         return 1

@@ -194,9 +194,9 @@ def load_torch_forecaster(model_dir: Path) -> Forecaster:
             f"{model_dir}: not a graph training.export writes (no {', '.join(sorted(missing))}); "
             "reading its weights back needs one"
         )
-    names = [f"model.{key}" for key in model.state_dict()]
-    if set(names) <= set(weights):
-        state = {key: weights[name] for key, name in zip(model.state_dict(), names, strict=True)}
+    keys = model.state_dict().keys()
+    if all(f"model.{key}" in weights for key in keys):
+        state = {key: weights[f"model.{key}"] for key in keys}
     else:
         state = _from_fused_ops(model_dir, card, graph, weights)
     model.load_state_dict({k: torch.from_numpy(np.array(v, copy=True)) for k, v in state.items()})
@@ -233,10 +233,3 @@ def _from_fused_ops(
 def _reorder(blocks: np.ndarray, gates: list[int]) -> np.ndarray:
     return np.concatenate([np.split(blocks, len(gates))[g] for g in gates])
 
-
-def reexport(model_dir: Path, out_dir: Path, values: np.ndarray) -> ModelCard:
-    """Write `model_dir`'s model to `out_dir` again as this version exports it: the same
-    weights and card (its sha256 and parity figure new), the step graph `Forecaster.step`
-    writes. `values` (time, streams, channels): readings for the parity check."""
-    model = load_torch_forecaster(model_dir)
-    return export_model(model, out_dir, ModelCard.load(model_dir), values)
