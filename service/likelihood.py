@@ -353,7 +353,8 @@ def _step_rows(  # noqa: PLR0912, PLR0913, PLR0915 -- one pass, the whole recipe
         now[0] = np.float32(np.minimum(s[r], MAX_SURPRISE))
         day = 0
         if day_bins:
-            day = int(np.floor(ts[r] / _DAY_S * day_bins) % day_bins)
+            # an int's %, not a float's: numba's float % is a call to fmod, 2% of a round
+            day = int(np.floor(ts[r] / _DAY_S * day_bins)) % day_bins
             farthest, n_judged = 0.0, 0  # the largest |z| of the channels its bin can judge
             for c in range(channels):
                 if observed[r, c] and day_count[q, day, c] >= _DAY_MIN_COUNT:
