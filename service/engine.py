@@ -332,7 +332,7 @@ class Engine:
             ts = np.concatenate([job.columns.timestamps[a:b] for job, a, b in runs])
             x = np.concatenate([job.columns.values[a:b] for job, a, b in runs])
         only = self._streams.only_model(x.shape[1])
-        slots = None if only is None else self._streams.slots_of(only, stream_ids)
+        slots = None if only is None else self._slots_of_runs(only, runs)
         if only is None or slots is None:  # a new stream, or another model: one by one
             self._run_round(_one_by_one(runs))
             return
@@ -358,6 +358,18 @@ class Engine:
             job.remaining -= stop - start
             if job.remaining == 0:
                 job.done()
+
+    def _slots_of_runs(self, model: str, runs: list[_Run]) -> np.ndarray | None:
+        """The slots of the round's runs, or None if a stream of their jobs is not bound to
+        `model`. Each job's whole list is looked up, not its run: a client that sends the
+        same streams each time sends the same list, whose slots the arena remembers."""
+        parts = []
+        for job, start, stop in runs:
+            slots = self._streams.slots_of(model, job.columns.stream_ids)
+            if slots is None:
+                return None
+            parts.append(slots[start:stop])
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def _run_round(self, items: list[tuple[_Job, int]]) -> None:
         self.rounds += 1

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from service.errors import CapacityError
-from service.state import ArenaLayout, StateArena
+from service.state import ArenaLayout, ArenaSnapshot, StateArena
 
 LAYOUT = ArenaLayout(state_names=("h", "c"), num_layers=2, hidden_size=3, channels=1)
 
@@ -45,6 +45,39 @@ def test_a_released_slot_is_reused_fresh() -> None:
     assert arena.arrays["count"][slot] == 0 and arena.arrays["threshold"][slot] == 0.5
     assert not arena.states[slot].any()
     assert "a" not in arena and arena.stream_id_of(slot) == "b"
+
+
+def test_slots_of_a_list_looked_up_before_are_still_right() -> None:
+    arena = StateArena(LAYOUT, capacity=4, max_streams=4)
+    for sid in "abcd":
+        arena.bind(sid, 0.9)
+
+    def each(ids: list[str]) -> list[int | None]:
+        return [arena.slot_of(sid) for sid in ids]
+
+    arena.slots_of(["a", "b", "c"])[:] = -1  # each call's array is its caller's own
+    assert arena.slots_of(["a", "b", "c"]).tolist() == each(["a", "b", "c"])
+    # a released stream's slot goes to another stream; the list gives the new slots
+    old_b = arena.slot_of("b")
+    arena.release("b")
+    assert arena.bind("e", 0.9) == old_b
+    arena.release("d")
+    arena.bind("b", 0.9)
+    assert arena.slots_of(["a", "b", "c"]).tolist() == each(["a", "b", "c"]) != [0, old_b, 2]
+    # the same length and ends, another stream between: not the list remembered
+    assert arena.slots_of(["a", "e", "c"]).tolist() == each(["a", "e", "c"])
+    with pytest.raises(KeyError):
+        arena.slots_of(["a", "d", "c"])
+
+
+def test_slots_of_after_a_restore_are_the_restored_ones() -> None:
+    arena = StateArena(LAYOUT, capacity=4, max_streams=4)
+    for sid in "abc":
+        arena.bind(sid, 0.9)
+    before = arena.slots_of(["a", "b", "c"]).tolist()
+    copy = arena.copy()
+    arena.restore(ArenaSnapshot(["c", "b", "a"], copy.records[before[::-1]]))
+    assert arena.slots_of(["a", "b", "c"]).tolist() == [2, 1, 0]
 
 
 def test_the_cap_on_streams_is_a_capacity_error() -> None:
