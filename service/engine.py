@@ -296,12 +296,17 @@ class Engine:
     def _take_columns(self) -> list[_Run]:
         """Runs of queued columns jobs, oldest first, up to max_batch readings: a job is
         taken (in part, if the round fills) unless it shares a stream with an earlier one
-        still queued or taken this round."""
-        budget, runs = self._engine.max_batch, list[_Run]()
+        still queued or taken this round. A job that would fill less than a quarter of a
+        round in part waits whole for the next: its streams' slots are then one list, which
+        a client that sends the same streams each time repeats (`StateArena.slots_of`)."""
+        max_batch = self._engine.max_batch
+        budget, runs = max_batch, list[_Run]()
         seen: set[str] = set()  # the streams of the jobs looked at so far
         for job in itertools.islice(self._columns, _LOOK_AHEAD):
             ids = job.columns.stream_ids
             rest = ids[job.taken :] if job.taken else ids
+            if runs and len(rest) > budget and 4 * budget < max_batch:
+                break
             if runs and not seen.isdisjoint(rest):
                 seen.update(rest)
                 continue
@@ -314,7 +319,7 @@ class Engine:
             seen.update(rest)
         if any(job.taken == len(job.columns) for job, _, _ in runs):
             self._columns = deque(job for job in self._columns if job.taken < len(job.columns))
-        self._n_pending -= self._engine.max_batch - budget
+        self._n_pending -= max_batch - budget
         return runs
 
     def _run_columns_round(self, runs: list[_Run]) -> None:
@@ -360,15 +365,16 @@ class Engine:
                 job.done()
 
     def _slots_of_runs(self, model: str, runs: list[_Run]) -> np.ndarray | None:
-        """The slots of the round's runs, or None if a stream of their jobs is not bound to
-        `model`. Each job's whole list is looked up, not its run: a client that sends the
-        same streams each time sends the same list, whose slots the arena remembers."""
+        """The slots of the round's runs, or None if a stream of theirs is not bound to
+        `model`. Each run is looked up as a list of its own: a job a round takes whole, from
+        a client that sends the same streams each time, is a list whose slots the arena
+        remembers."""
         parts = []
         for job, start, stop in runs:
-            slots = self._streams.slots_of(model, job.columns.stream_ids)
+            slots = self._streams.slots_of(model, job.columns.stream_ids[start:stop])
             if slots is None:
                 return None
-            parts.append(slots[start:stop])
+            parts.append(slots)
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def _run_round(self, items: list[tuple[_Job, int]]) -> None:

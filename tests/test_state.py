@@ -55,7 +55,8 @@ def test_slots_of_a_list_looked_up_before_are_still_right() -> None:
     def each(ids: list[str]) -> list[int | None]:
         return [arena.slot_of(sid) for sid in ids]
 
-    arena.slots_of(["a", "b", "c"])[:] = -1  # each call's array is its caller's own
+    for _ in range(3):  # the second time, the arena remembers it
+        arena.slots_of(["a", "b", "c"])[:] = -1  # each call's array is its caller's own
     assert arena.slots_of(["a", "b", "c"]).tolist() == each(["a", "b", "c"])
     # a released stream's slot goes to another stream; the list gives the new slots
     old_b = arena.slot_of("b")
@@ -64,6 +65,7 @@ def test_slots_of_a_list_looked_up_before_are_still_right() -> None:
     arena.release("d")
     arena.bind("b", 0.9)
     assert arena.slots_of(["a", "b", "c"]).tolist() == each(["a", "b", "c"]) != [0, old_b, 2]
+    arena.slots_of(["a", "b", "c"])  # remembered again
     # the same length and ends, another stream between: not the list remembered
     assert arena.slots_of(["a", "e", "c"]).tolist() == each(["a", "e", "c"])
     with pytest.raises(KeyError):
@@ -74,7 +76,7 @@ def test_slots_of_after_a_restore_are_the_restored_ones() -> None:
     arena = StateArena(LAYOUT, capacity=4, max_streams=4)
     for sid in "abc":
         arena.bind(sid, 0.9)
-    before = arena.slots_of(["a", "b", "c"]).tolist()
+    before = [arena.slots_of(["a", "b", "c"]).tolist() for _ in range(2)][0]  # remembered
     copy = arena.copy()
     arena.restore(ArenaSnapshot(["c", "b", "a"], copy.records[before[::-1]]))
     assert arena.slots_of(["a", "b", "c"]).tolist() == [2, 1, 0]
