@@ -83,7 +83,8 @@ def gather(
                 mean[r, c], var[r, c], std[r, c] = rec.mean[c], rec.var[c], 1.0
         for k in range(states.shape[1]):
             for layer in range(states.shape[2]):
-                state[k, layer, r, :] = states[q, k, layer, :]
+                for h in range(states.shape[3]):  # not a slice: a view costs more than this
+                    state[k, layer, r, h] = states[q, k, layer, h]
 
 
 @kernel()
@@ -134,7 +135,8 @@ def put(
             rec.interval = dt if np.isnan(interval) else interval + interval_alpha * (dt - interval)
         for s in range(len(new_state)):
             for layer in range(states.shape[2]):
-                states[q, s, layer, :] = new_state[s][layer, r, :]
+                for h in range(states.shape[3]):  # not a slice: a view costs more than this
+                    states[q, s, layer, h] = new_state[s][layer, r, h]
         rec.count = count[r]
         for c in range(mean.shape[1]):
             rec.mean[c], rec.var[c] = mean[r, c], var[r, c]
