@@ -160,7 +160,8 @@ class StateArena:
             return known.copy()  # the caller's own, as a lookup's would be
         # One C call for all the lookups: a third less than map(dict.__getitem__, ...)
         slots = np.fromiter(operator.itemgetter(*stream_ids)(self._slots), np.int64, n)
-        self._recent.put(stream_ids, slots.copy())
+        if self._recent.admits(stream_ids):  # kept as the ids the arena holds anyway
+            self._recent.put(list(operator.itemgetter(*slots.tolist())(self._ids)), slots.copy())
         return slots
 
     def stream_ids(self) -> Iterator[str]:
@@ -313,8 +314,9 @@ class _Recent:
     the two lists are equal: for ids fresh from JSON that compares each pair of strings once,
     where a dict lookup per stream also reads the stored key, a cache miss at 100,000
     streams (slot lookups were 8% of the server at 500 readings a WebSocket frame). A list is
-    remembered the second time it is looked up: keeping every list a client sends once would
-    keep its ids alive for nothing (WebSocket frames of 500 ran 9% slower so).
+    remembered the second time it is looked up, as the arena's own id objects: keeping each
+    list a client sent, once or more, would keep its strings alive for nothing (WebSocket
+    frames of 500 ran 9% slower so).
     """
 
     LISTS = 256  # lists remembered, oldest forgotten first ...
@@ -327,31 +329,35 @@ class _Recent:
         self._seen: dict[tuple[int, str, str], None] = {}
 
     def get(self, stream_ids: list[str]) -> np.ndarray | None:
-        known = self._lists.get((len(stream_ids), stream_ids[0], stream_ids[-1]))
+        known = self._lists.get(_known_by(stream_ids))
         if known is None or known[0] != stream_ids:
             return None
         return known[1]
 
+    def admits(self, stream_ids: list[str]) -> bool:
+        """Whether to remember this list now: the second time it is looked up."""
+        key, seen = _known_by(stream_ids), self._seen
+        if key in seen:
+            del seen[key]
+            return len(stream_ids) <= self.IDS
+        if len(seen) >= self.SEEN:
+            del seen[next(iter(seen))]
+        seen[key] = None
+        return False
+
     def put(self, stream_ids: list[str], slots: np.ndarray) -> None:
-        n = len(stream_ids)
-        key = (n, stream_ids[0], stream_ids[-1])
-        seen = self._seen
-        if key not in seen:  # the first time: only its key, to know it by
-            if len(seen) >= self.SEEN:
-                del seen[next(iter(seen))]
-            seen[key] = None
-            return
-        del seen[key]
-        if n > self.IDS:
-            return
-        lists = self._lists
+        n, key, lists = len(stream_ids), _known_by(stream_ids), self._lists
         if key in lists:
             self._ids -= len(lists.pop(key)[0])
         while lists and (len(lists) >= self.LISTS or self._ids + n > self.IDS):
             self._ids -= len(lists.pop(next(iter(lists)))[0])
-        lists[key] = (list(stream_ids), slots)
+        lists[key] = (stream_ids, slots)
         self._ids += n
 
     def clear(self) -> None:
         self._lists.clear()
         self._ids = 0
+
+
+def _known_by(stream_ids: list[str]) -> tuple[int, str, str]:
+    return len(stream_ids), stream_ids[0], stream_ids[-1]
