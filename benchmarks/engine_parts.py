@@ -1,0 +1,105 @@
+"""Where a reading's CPU goes in a round: each part of `Stepper.apply_columns` timed alone.
+
+The stepper (no queue, no HTTP) steps rounds of 1,024 readings as columns over 100,000 bound
+streams, every stream once a pass, past their warm-up; each compiled pass, the likelihood,
+the surprise and the model call are timed around their calls, and the rest of the round
+(its arrays, numpy steps, alert tracking, the result block, and the clock reads of the
+timing, about 8 ns a reading) is what is left of the round's CPU time. What
+`engine_vs_ort` measures adds the queue, the futures and the slot lookups. Not a figure
+with a target: the table says what to work on.
+
+    python -m benchmarks.engine_parts [--models-dir DIR] [--passes 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks._common import SERVER_CPU, default_models_dir, pin
+from service import likelihood, passes, scoring
+from service.directory import StreamDirectory
+from service.registry import ModelRegistry
+from service.settings import Settings
+
+STREAMS, ROUND = 100_000, 1024
+WARM_PASSES = 60  # past every stream's warm-up and the likelihood's settling
+
+
+def run(models_dir: Path, sweeps: int) -> dict[str, float]:
+    """CPU ns a reading of each part, and of the whole round (`total`), over `sweeps` passes
+    over every stream."""
+    settings = Settings(model={"dir": models_dir}, data_dir=Path(tempfile.mkdtemp()),
+                        state={"initial_capacity": STREAMS, "max_streams": STREAMS})
+    registry = ModelRegistry.load(settings.model)
+    stepper = StreamDirectory(registry, settings).steppers[registry.default]
+    ids = [f"s{i}" for i in range(STREAMS)]
+    for sid in ids:
+        stepper.bind(sid)
+    spent: defaultdict[str, float] = defaultdict(float)  # part -> CPU seconds
+
+    def timed(owner: Any, name: str, label: str) -> None:
+        call: Callable[..., Any] = getattr(owner, name)
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            started = time.process_time()
+            try:
+                return call(*args, **kwargs)
+            finally:
+                spent[label] += time.process_time() - started
+
+        setattr(owner, name, wrapper)
+
+    for name in ("check", "gather", "forecasts", "put", "results"):
+        timed(passes, name, f"pass {name}")
+    timed(likelihood, "step_in_place", "likelihood")
+    timed(scoring, "surprise", "surprise")
+    timed(stepper.model, "step", "model call")
+    rounds = [ids[i : i + ROUND] for i in range(0, STREAMS, ROUND)]
+    slots = [stepper.arena.slots_of(round_ids) for round_ids in rounds]
+    rng = np.random.default_rng(0)
+    channels = stepper.model.card.n_channels
+
+    def one_pass(t: int) -> None:
+        for round_ids, round_slots in zip(rounds, slots, strict=True):
+            n = len(round_ids)
+            stepper.apply_columns(round_ids, np.full(n, 60.0 * t),
+                                  rng.normal(size=(n, channels)), round_slots)
+
+    for t in range(WARM_PASSES):
+        one_pass(t)
+    spent.clear()
+    started = time.process_time()
+    for t in range(WARM_PASSES, WARM_PASSES + sweeps):
+        one_pass(t)
+    total = time.process_time() - started
+    readings = sweeps * STREAMS
+    parts = {label: seconds / readings * 1e9
+             for label, seconds in sorted(spent.items(), key=lambda kv: -kv[1])}
+    return {**parts, "rest of the round": total / readings * 1e9 - sum(parts.values()),
+            "total": total / readings * 1e9}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models-dir", type=Path, default=default_models_dir())
+    parser.add_argument("--passes", type=int, default=40, help="passes over every stream")
+    args = parser.parse_args()
+    pin(SERVER_CPU)
+    parts = run(args.models_dir, args.passes)
+    total = parts["total"]
+    print(f"| part of a round of {ROUND:,} over {STREAMS:,} streams | CPU ns a reading | share |")
+    print("|---|---|---|")
+    for label, ns in parts.items():
+        print(f"| {label} | {ns:,.0f} | {ns / total:.0%} |")
+
+
+if __name__ == "__main__":
+    main()
