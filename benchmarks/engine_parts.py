@@ -14,6 +14,7 @@ with a target: the table says what to work on.
 from __future__ import annotations
 
 import argparse
+import gc
 import tempfile
 import time
 from collections import defaultdict
@@ -38,6 +39,7 @@ def run(models_dir: Path, sweeps: int) -> dict[str, float]:
     over every stream."""
     settings = Settings(model={"dir": models_dir}, data_dir=Path(tempfile.mkdtemp()),
                         state={"initial_capacity": STREAMS, "max_streams": STREAMS})
+    gc.set_threshold(*settings.server.gc_thresholds)  # as `streamwatch serve` does
     registry = ModelRegistry.load(settings.model)
     stepper = StreamDirectory(registry, settings).steppers[registry.default]
     ids = [f"s{i}" for i in range(STREAMS)]

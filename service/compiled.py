@@ -23,8 +23,7 @@ from numba.extending import intrinsic
 F8, F4, I8, I4 = numba.float64, numba.float32, numba.int64, numba.int32
 U4, U2, U1, B1 = numba.uint32, numba.uint16, numba.uint8, numba.boolean
 
-_F = TypeVar("_F", bound=Callable[..., None])
-_G = TypeVar("_G", bound=Callable[..., Any])
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def array(dtype: numba.types.Type, ndim: int) -> numba.types.Array:
@@ -33,8 +32,9 @@ def array(dtype: numba.types.Type, ndim: int) -> numba.types.Array:
 
 
 def kernel(*arg_types: Any) -> Callable[[_F], _F]:
-    """Compile a pass that writes its results into arrays it is given (it returns nothing):
-    at import, for the one signature `arg_types`; with none, at its first call for each
+    """Compile a pass that writes its results into arrays it is given (returning at most a
+    few counts of them, each of which spares its caller a numpy call): at import, for the one
+    signature `arg_types` (returning nothing); with none, at its first call for each
     signature it meets (the passes over the records, whose dtype is the model's).
 
     Division by zero and invalid operations give inf and NaN, as numpy does, not exceptions:
@@ -46,9 +46,9 @@ def kernel(*arg_types: Any) -> Callable[[_F], _F]:
     return cast(Callable[[_F], _F], numba.njit(numba.void(*arg_types), **options))
 
 
-def inline(function: _G) -> _G:
+def inline(function: _F) -> _F:
     """A helper of passes, compiled into each (also callable from Python, compiled apart)."""
-    return cast(_G, numba.njit(cache=True, inline="always")(function))
+    return cast(_F, numba.njit(cache=True, inline="always")(function))
 
 
 def _prefetch_intrinsic(typingctx: Any, address: Any) -> Any:

@@ -28,14 +28,19 @@ FRESH, DUPLICATE, LATE = 0, 1, 2
 def check(
     records: np.ndarray, slots: np.ndarray, ts: np.ndarray, gap_factor: float,
     status: np.ndarray, gap: np.ndarray,  # out
-) -> None:
+) -> tuple[int, int]:
     """Each reading's time against its stream's last: FRESH, DUPLICATE (the same time) or
-    LATE (older); and whether it comes after a gap (more than `gap_factor` typical intervals)."""
+    LATE (older); and whether it comes after a gap (more than `gap_factor` typical intervals).
+    Returns how many are fresh and how many come after a gap."""
+    fresh = gaps = 0
     for r in range(slots.shape[0]):
         rec = records[slots[r]]
         last = rec.last_ts
         status[r] = DUPLICATE if ts[r] == last else LATE if ts[r] < last else FRESH
         gap[r] = rec.count > 1 and ts[r] - last > gap_factor * rec.interval
+        fresh += status[r] == FRESH
+        gaps += gap[r]
+    return fresh, gaps
 
 
 @kernel()
@@ -92,9 +97,11 @@ def forecasts(
     loc_u: np.ndarray, scale_u: np.ndarray, new_state: tuple[np.ndarray, ...],
     std: np.ndarray, mean: np.ndarray, per_stream: bool,
     next_loc: np.ndarray, next_scale: np.ndarray, finite: np.ndarray,  # out
-) -> None:
+) -> int:
     """The model's standardized forecasts back in each stream's units; whether the forecast
-    and the new state are all finite (a row that is not must not be applied)."""
+    and the new state are all finite (a row that is not must not be applied). Returns how
+    many rows are not."""
+    poisoned = 0
     for r in range(loc_u.shape[0]):
         ok = True
         for c in range(loc_u.shape[1]):
@@ -106,6 +113,8 @@ def forecasts(
                 for h in range(new_state[s].shape[2]):
                     ok = ok and np.isfinite(new_state[s][layer, r, h])
         finite[r] = ok
+        poisoned += not ok
+    return poisoned
 
 
 @kernel()
@@ -117,9 +126,11 @@ def put(
     scorable: np.ndarray, may_alert: np.ndarray, warming: np.ndarray, gap: np.ndarray,
     k: int, m: int, close_factor: float, quiet_for: int, interval_alpha: float,
     opened: np.ndarray, closed: np.ndarray, is_open: np.ndarray,  # out: the alert rule's
-) -> None:
+) -> int:
     """Fold each stepped reading into its record: the model's new state, the normalization,
-    the forecasts, the alert rule (`service.scoring`), the typical interval, the flags."""
+    the forecasts, the alert rule (`service.scoring`), the typical interval, the flags.
+    Returns how many rows opened, closed or are inside an alert."""
+    alerting = 0
     for r in range(slots.shape[0]):
         q = slots[r]
         rec = records[q]
@@ -151,17 +162,23 @@ def put(
             | (SCORED if scorable[r] else 0)
         )
         last_seen[q] = seen_at
+        alerting += opened[r] or closed[r] or is_open[r]
+    return alerting
 
 
 @kernel()
-def results(records: np.ndarray, slots: np.ndarray, out: np.ndarray) -> None:
-    """The fields a reading's result reads (`RESULT_FIELDS`) of each row's record."""
+def results(records: np.ndarray, slots: np.ndarray, out: np.ndarray) -> int:
+    """The fields a reading's result reads (`RESULT_FIELDS`) of each row's record. Returns
+    how many rows' readings opened or closed an alert."""
+    events = 0
     for r in range(slots.shape[0]):
         rec, res = records[slots[r]], out[r]
         for c in range(rec.last_loc.shape[0]):
             res.last_loc[c], res.last_scale[c] = rec.last_loc[c], rec.last_scale[c]
         res.last_score, res.threshold, res.last_flags = rec.last_score, rec.threshold, \
             rec.last_flags
+        events += (rec.last_flags & (OPENED | CLOSED)) != 0
+    return events
 
 
 RESULT_FIELDS = ("last_loc", "last_scale", "last_score", "threshold", "last_flags")

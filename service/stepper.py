@@ -67,6 +67,7 @@ class Stepper:
         self._norm = normalization.NormalizerParams(**settings.normalization.model_dump())
         self._likelihood = likelihood.LikelihoodParams.of(settings.scoring)
         self._score_fields = [name for name, *_ in arena.layout.scores]
+        self._score_columns: tuple[dict[str, np.ndarray], likelihood.LikelihoodState] | None = None
         self._alerting = scoring.AlertParams(
             **settings.alerts.model_dump(include={"k", "m", "close_factor", "cooldown"})
         )
@@ -181,27 +182,32 @@ class Stepper:
         ts, x = np.ascontiguousarray(ts, np.float64), np.ascontiguousarray(x, np.float64)
         slots = np.ascontiguousarray(slots, np.int64)
         status, gap = np.empty(n, np.uint8), np.empty(n, np.bool_)
-        passes.check(arena.compiled, slots, ts, self._time.gap_factor, status, gap)
+        # The counts a pass returns spare a numpy call each, which after the model call (its
+        # code and data out of the caches) costs several times what it costs alone.
+        fresh, gaps = passes.check(arena.compiled, slots, ts, self._time.gap_factor, status, gap)
         errors: dict[int, StreamwatchError] = {}
-        for i in np.flatnonzero(status == passes.LATE).tolist():
-            errors[i] = OutOfOrderError(
-                f"stream {stream_ids[i]!r} is at {_fmt(arena.arrays['last_ts'][slots[i]])}; "
-                f"a reading at {_fmt(ts[i])} is older and was not applied"
-            )
         events: list[tuple[str, Alert]] = []
-        rows = np.flatnonzero(status == passes.FRESH)
         # Huge values may overflow on the way; _advance refuses what is not finite, so numpy's
         # warnings say nothing new (and, raised as errors, would stop the engine).
         with np.errstate(over="ignore", invalid="ignore"):
-            if rows.size == n:  # the usual round: every reading is new
-                events = self._advance(stream_ids, rows, slots, ts, x, gap, errors)
-            elif rows.size:
-                events = self._advance(
-                    stream_ids, rows, slots[rows], ts[rows], x[rows], gap[rows], errors
-                )
+            if fresh == n:  # the usual round: every reading is new
+                events = self._advance(stream_ids, np.arange(n), slots, ts, x, gap, gaps > 0,
+                                       errors)
+            else:
+                for i in (status == passes.LATE).nonzero()[0].tolist():
+                    errors[i] = OutOfOrderError(
+                        f"stream {stream_ids[i]!r} is at "
+                        f"{_fmt(arena.arrays['last_ts'][slots[i]])}; a reading at "
+                        f"{_fmt(ts[i])} is older and was not applied"
+                    )
+                rows = (status == passes.FRESH).nonzero()[0]
+                if rows.size:
+                    events = self._advance(stream_ids, rows, slots[rows], ts[rows], x[rows],
+                                           gap[rows], bool(gap[rows].any()), errors)
         results = np.empty(n, self._result_dtype)  # duplicates: as their first time left them
-        passes.results(arena.compiled, slots, results)
-        alerts = alert_events(stream_ids, results["last_flags"], self._last_alert, errors)
+        alerted = passes.results(arena.compiled, slots, results)
+        alerts = alert_events(stream_ids, results["last_flags"], self._last_alert, errors) \
+            if alerted else {}
         duplicate = status == passes.DUPLICATE
         return StepOutcome(
             ResultBlock(self.name, stream_ids, ts, results, duplicate, alerts, errors), events
@@ -215,6 +221,7 @@ class Stepper:
         ts: np.ndarray,
         x: np.ndarray,
         gap: np.ndarray,
+        any_gap: bool,
         errors: dict[int, StreamwatchError],
     ) -> list[tuple[str, Alert]]:
         """Step the readings `rows` of fresh streams (at `slots`), in their records in place.
@@ -223,8 +230,8 @@ class Stepper:
         but a gap's rewarm, which is undone)."""
         arena, n, channels = self.arena, len(slots), x.shape[1]
         rewarmed = None
-        if self._time.gap_policy == "rewarm" and gap.any():
-            rewarmed = np.flatnonzero(gap)
+        if self._time.gap_policy == "rewarm" and any_gap:
+            rewarmed = gap.nonzero()[0]
             before = arena.rewarm(slots[rewarmed], keep=_REWARM_KEEPS)
         layout = arena.layout
         u = np.empty((n, channels), np.float32)
@@ -243,9 +250,9 @@ class Stepper:
                 arena.write_records(slots[rewarmed], before)
             raise
         next_loc, next_scale, finite = np.empty_like(loc), np.empty_like(loc), np.empty(n, bool)
-        passes.forecasts(loc_u, scale_u, new_state, std, mean, self._per_stream,
-                         next_loc, next_scale, finite)
-        if not finite.all():  # never let a poisoned state in: refuse those readings
+        poisoned = passes.forecasts(loc_u, scale_u, new_state, std, mean, self._per_stream,
+                                    next_loc, next_scale, finite)
+        if poisoned:  # never let a poisoned state in: refuse those readings
             for i in rows[~finite].tolist():
                 errors[i] = InvalidReadingError(
                     f"stream {stream_ids[i]!r}: the model produced a non-finite "
@@ -271,19 +278,26 @@ class Stepper:
         )
         opened, closed, is_open = (np.empty(len(slots), np.bool_) for _ in range(3))
         a = self._alerting
-        passes.put(arena.compiled, arena.states, arena.arrays["last_seen"], slots, ts,
-                   time.monotonic(), new_state, count, mean, var, loc, scale, next_loc,
-                   next_scale, score, scorable, may_alert, warming, gap,
-                   a.k, a.m, a.close_factor, a.cooldown, _INTERVAL_ALPHA, opened, closed, is_open)
+        alerting = passes.put(
+            arena.compiled, arena.states, arena.arrays["last_seen"], slots, ts,
+            time.monotonic(), new_state, count, mean, var, loc, scale, next_loc, next_scale,
+            score, scorable, may_alert, warming, gap, a.k, a.m, a.close_factor, a.cooldown,
+            _INTERVAL_ALPHA, opened, closed, is_open,
+        )
+        if not alerting:
+            return []
         return self._track_alerts(stream_ids, rows, opened, closed, is_open, score, ts, loc, x)
 
     @property
     def _score_state(self) -> likelihood.LikelihoodState:
-        """The scorer's state: the records' `score_` fields, as columns of the arena."""
-        arrays = self.arena.arrays
-        return likelihood.LikelihoodState(
-            **{name: arrays[f"score_{name}"] for name in self._score_fields}
-        )
+        """The scorer's state: the records' `score_` fields, as columns of the arena (made
+        again only when the arena grows, which gives it new arrays)."""
+        arrays, cached = self.arena.arrays, self._score_columns
+        if cached is None or cached[0] is not arrays:
+            cached = self._score_columns = (arrays, likelihood.LikelihoodState(
+                **{name: arrays[f"score_{name}"] for name in self._score_fields}
+            ))
+        return cached[1]
 
     def _track_alerts(
         self,
@@ -298,7 +312,7 @@ class Stepper:
         x: np.ndarray,
     ) -> list[tuple[str, Alert]]:
         events: list[tuple[str, Alert]] = []
-        for j in np.flatnonzero(opened | closed | is_open):
+        for j in (opened | closed | is_open).nonzero()[0].tolist():
             stream_id = stream_ids[rows[j]]
             at, value = float(ts[j]), float(score_value[j])
             forecast, actual = _floats(loc[j]), _floats(x[j])
