@@ -51,6 +51,7 @@ def gather(
     # its state, (states, layers, batch, hidden) float32
     loc: np.ndarray, scale: np.ndarray, z: np.ndarray,  # out: the forecast x is judged by
     observed: np.ndarray, scorable: np.ndarray,  # out
+    judged: np.ndarray, warming: np.ndarray, may_alert: np.ndarray,  # out
     count: np.ndarray, mean: np.ndarray, var: np.ndarray, std: np.ndarray,  # out: normalization
 ) -> None:
     """What the model and the scorer need of each fresh reading, read from its record.
@@ -58,6 +59,8 @@ def gather(
     A missing channel is filled with the forecast of it (with the stream's mean before the
     first forecast); each reading is standardized with its stream's statistics before they
     take it in (`service.normalization`), or passed as it is when the model normalizes.
+    A reading is scorable if it has a forecast and a channel observed (each such channel is
+    judged), and may alert if scorable past its stream's warm-up.
     """
     channels, n = x.shape[1], slots.shape[0]
     filled = np.empty(channels)
@@ -76,7 +79,11 @@ def gather(
             z[r, c] = (x[r, c] - loc[r, c]) / scale[r, c] if seen and has_forecast else 0.0
             filled[c] = x[r, c] if seen else loc[r, c] if has_forecast else rec.mean[c]
         scorable[r] = has_forecast and any_observed
+        for c in range(channels):
+            judged[r, c] = observed[r, c] and scorable[r]
         count[r] = rec.count + 1
+        warming[r] = count[r] <= warmup_n
+        may_alert[r] = scorable[r] and not warming[r]
         if per_stream:
             step_one(rec.count, rec.mean, rec.var, filled, observed[r], warmup_n, alpha,
                      clip_sigma, u[r], mean[r], var[r])

@@ -187,23 +187,20 @@ class Stepper:
         fresh, gaps = passes.check(arena.compiled, slots, ts, self._time.gap_factor, status, gap)
         errors: dict[int, StreamwatchError] = {}
         events: list[tuple[str, Alert]] = []
-        # Huge values may overflow on the way; _advance refuses what is not finite, so numpy's
-        # warnings say nothing new (and, raised as errors, would stop the engine).
-        with np.errstate(over="ignore", invalid="ignore"):
-            if fresh == n:  # the usual round: every reading is new
-                events = self._advance(stream_ids, np.arange(n), slots, ts, x, gap, gaps > 0,
-                                       errors)
-            else:
-                for i in (status == passes.LATE).nonzero()[0].tolist():
-                    errors[i] = OutOfOrderError(
-                        f"stream {stream_ids[i]!r} is at "
-                        f"{_fmt(arena.arrays['last_ts'][slots[i]])}; a reading at "
-                        f"{_fmt(ts[i])} is older and was not applied"
-                    )
-                rows = (status == passes.FRESH).nonzero()[0]
-                if rows.size:
-                    events = self._advance(stream_ids, rows, slots[rows], ts[rows], x[rows],
-                                           gap[rows], bool(gap[rows].any()), errors)
+        # The arithmetic is all in compiled passes, which give inf and NaN where numpy would
+        # warn (and _advance refuses what is not finite): no numpy warning to silence here.
+        if fresh == n:  # the usual round: every reading is new
+            events = self._advance(stream_ids, np.arange(n), slots, ts, x, gap, gaps > 0, errors)
+        else:
+            for i in (status == passes.LATE).nonzero()[0].tolist():
+                errors[i] = OutOfOrderError(
+                    f"stream {stream_ids[i]!r} is at {_fmt(arena.arrays['last_ts'][slots[i]])}; "
+                    f"a reading at {_fmt(ts[i])} is older and was not applied"
+                )
+            rows = (status == passes.FRESH).nonzero()[0]
+            if rows.size:
+                events = self._advance(stream_ids, rows, slots[rows], ts[rows], x[rows],
+                                       gap[rows], bool(gap[rows].any()), errors)
         results = np.empty(n, self._result_dtype)  # duplicates: as their first time left them
         alerted = passes.results(arena.compiled, slots, results)
         alerts = alert_events(stream_ids, results["last_flags"], self._last_alert, errors) \
@@ -238,11 +235,13 @@ class Stepper:
         state = np.empty((len(layout.state_names), layout.num_layers, n, layout.hidden_size),
                          np.float32)
         loc, scale, z, mean, var, std = (np.empty((n, channels)) for _ in range(6))
-        observed, scorable = np.empty((n, channels), np.bool_), np.empty(n, np.bool_)
+        observed, judged = np.empty((n, channels), np.bool_), np.empty((n, channels), np.bool_)
+        scorable, warming, may_alert = (np.empty(n, np.bool_) for _ in range(3))
         count = np.empty(n, np.int64)
         passes.gather(arena.compiled, arena.states, slots, x, self._per_stream,
                       self._norm.warmup_n, self._norm.alpha, self._norm.clip_sigma,
-                      u, state, loc, scale, z, observed, scorable, count, mean, var, std)
+                      u, state, loc, scale, z, observed, scorable, judged, warming, may_alert,
+                      count, mean, var, std)
         try:
             loc_u, scale_u, new_state = self.model.step(u, tuple(state))
         except BaseException:
@@ -261,17 +260,15 @@ class Stepper:
             if rewarmed is not None:  # a refused reading's stream stays as it was
                 undo = ~finite[rewarmed]
                 arena.write_records(slots[rewarmed[undo]], before[undo])
-            rows, slots, ts, x, gap, observed, scorable, z = _kept(
-                finite, rows, slots, ts, x, gap, observed, scorable, z
+            rows, slots, ts, x, gap, observed, scorable, judged, warming, may_alert, z = _kept(
+                finite, rows, slots, ts, x, gap, observed, scorable, judged, warming, may_alert, z
             )
             count, mean, var, loc, scale, next_loc, next_scale = _kept(
                 finite, count, mean, var, loc, scale, next_loc, next_scale
             )
             new_state = tuple(np.ascontiguousarray(s[:, finite]) for s in new_state)
 
-        s = scoring.surprise(z, observed & scorable[:, None], self.model.card.calibration)
-        warming = count <= self._norm.warmup_n
-        may_alert = scorable & ~warming
+        s = scoring.surprise(z, judged, self.model.card.calibration)
         score = likelihood.step_in_place(  # the score fields of the records are the state
             s, x, observed, ts, self._score_state, scorable, may_alert, self._likelihood,
             slots=slots,
