@@ -148,7 +148,7 @@ class StateArena:
         """The slots of bound streams, in order: (len(stream_ids),) int64; KeyError if one is
         not bound.
 
-        The arena remembers the slots of the last lists it was given (`_Recent`) until a
+        The arena remembers the slots of lists it is given more than once (`_Recent`) until a
         stream is released: a client that sends the same streams in the same order each
         time, as a gateway reporting its sensors each tick does, then costs one comparison
         of two lists instead of a dict lookup per stream."""
