@@ -325,19 +325,18 @@ class Engine:
     def _run_columns_round(self, runs: list[_Run]) -> None:
         """A round of columns: with every stream bound to the one model, one step on the
         columns; otherwise the readings go one by one, as `_run_round` takes them."""
+        run_ids = [job.columns.stream_ids[start:stop] for job, start, stop in runs]
         if len(runs) == 1:
             job, start, stop = runs[0]
             columns = job.columns
-            stream_ids = columns.stream_ids[start:stop]
+            stream_ids = run_ids[0]
             ts, x = columns.timestamps[start:stop], columns.values[start:stop]
         else:
-            stream_ids = list(itertools.chain.from_iterable(
-                job.columns.stream_ids[start:stop] for job, start, stop in runs
-            ))
+            stream_ids = list(itertools.chain.from_iterable(run_ids))
             ts = np.concatenate([job.columns.timestamps[a:b] for job, a, b in runs])
             x = np.concatenate([job.columns.values[a:b] for job, a, b in runs])
         only = self._streams.only_model(x.shape[1])
-        slots = None if only is None else self._slots_of_runs(only, runs)
+        slots = None if only is None else self._slots_of_runs(only, run_ids)
         if only is None or slots is None:  # a new stream, or another model: one by one
             self._run_round(_one_by_one(runs))
             return
@@ -364,14 +363,13 @@ class Engine:
             if job.remaining == 0:
                 job.done()
 
-    def _slots_of_runs(self, model: str, runs: list[_Run]) -> np.ndarray | None:
-        """The slots of the round's runs, or None if a stream of theirs is not bound to
-        `model`. Each run is looked up as a list of its own: a job a round takes whole, from
-        a client that sends the same streams each time, is a list whose slots the arena
-        remembers."""
+    def _slots_of_runs(self, model: str, run_ids: list[list[str]]) -> np.ndarray | None:
+        """The slots of the round's runs' streams, or None if one is not bound to `model`.
+        Each run is looked up as a list of its own: a job a round takes whole, from a client
+        that sends the same streams each time, is a list whose slots the arena remembers."""
         parts = []
-        for job, start, stop in runs:
-            slots = self._streams.slots_of(model, job.columns.stream_ids[start:stop])
+        for ids in run_ids:
+            slots = self._streams.slots_of(model, ids)
             if slots is None:
                 return None
             parts.append(slots)
