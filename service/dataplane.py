@@ -6,11 +6,12 @@ REST and WebSocket both go through here, so a reading means the same on either.
 from __future__ import annotations
 
 import asyncio
-import itertools
-import operator
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
+
+from service import wire
 from service.engine import Engine
 from service.errors import StreamwatchError
 from service.parsing import Batch, Failed, error_result_json
@@ -88,27 +89,15 @@ def render_columns(entries: list[Entry]) -> dict[str, Any]:
     return {"columns": _wire_columns(fields)}
 
 
-def answer(parsed: Batch, outcomes: Outcomes, columns: bool) -> dict[str, Any]:
-    """The body that answers a request: its results, as columns if it came as columns."""
-    if isinstance(outcomes, ResultRuns) and (cut := _cut_columns(outcomes)):
-        return {"columns": cut} if columns else {"results": _rows(cut)}
+def answer(parsed: Batch, outcomes: Outcomes, columns: bool,
+           head: dict[str, Any] | None = None) -> bytes:
+    """The JSON body that answers a request: its results, as columns if it came as columns,
+    after `head`'s members (a WebSocket reply's seq)."""
+    if isinstance(outcomes, ResultRuns) and (cut := wire.segments(outcomes)) is not None:
+        return wire.columns(cut, head) if columns else wire.rows(cut, head)
     both = entries(parsed, outcomes)
-    return render_columns(both) if columns else render(both)
-
-
-def _cut_columns(results: ResultRuns) -> dict[str, Any] | None:
-    """`render_columns` of results that came as columns, cut straight from their blocks'
-    arrays; None if some reading was refused (then they go through `render_columns`)."""
-    pieces = []
-    for block, row, start, stop in results.runs:
-        end = row + stop - start
-        if any(row <= j < end for j in block.errors):
-            return None
-        pieces.append(block.fields(row, end))
-    if len(pieces) == 1:
-        return _wire_columns(pieces[0])
-    return _wire_columns({key: list(itertools.chain.from_iterable(p[key] for p in pieces))
-                          for key in Result._fields})
+    body = render_columns(both) if columns else render(both)
+    return orjson.dumps(body if head is None else {**head, **body})
 
 
 def _wire_columns(fields: dict[str, Sequence[Any]]) -> dict[str, Any]:
@@ -135,19 +124,5 @@ def _wire_columns(fields: dict[str, Sequence[Any]]) -> dict[str, Any]:
     }
 
 
-def _rows(columns: dict[str, Any]) -> list[dict[str, Any]]:
-    """`render`'s results from results' wire columns: each row what `result_json` writes,
-    one dict display per row (a Result and a call each cost half as much again)."""
-    return [
-        {"stream_id": s, "timestamp": t, "status": "ok", "model": m, "forecast": f,
-         "score": score, "threshold": th, "anomaly": a, "warming_up": w, "gap": g,
-         "duplicate": d, "alert": alert}
-        for s, t, m, f, score, th, a, w, g, d, alert in zip(*_row_columns(columns), strict=True)
-    ]
-
-
-_row_columns = operator.itemgetter(*(key for key in RESULT_FIELDS if key != "status"))
-
-
-async def apply(engine: Engine, parsed: Batch, columns: bool = False) -> dict[str, Any]:
+async def apply(engine: Engine, parsed: Batch, columns: bool = False) -> bytes:
     return answer(parsed, await submit(engine, parsed), columns)

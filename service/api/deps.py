@@ -165,9 +165,10 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 class JSONBytes(Response):
-    """A JSON response rendered by orjson (fast, and NaN-safe: it writes null)."""
+    """A JSON response rendered by orjson (fast, and NaN-safe: it writes null), or given as
+    JSON text already."""
 
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
+        return content if isinstance(content, bytes) else orjson.dumps(content)

@@ -106,11 +106,11 @@ def _frame_items(body: Any) -> list[Any]:
 async def _write_replies(send: Send, replies: asyncio.Queue[_Pending | None]) -> None:
     while (pending := await replies.get()) is not None:
         if isinstance(pending, dict):
-            reply = pending
+            reply = orjson.dumps(pending)
         else:
             seq, parsed, outcomes, columns = pending
-            reply = {"seq": seq, **dataplane.answer(parsed, await outcomes, columns)}
+            reply = dataplane.answer(parsed, await outcomes, columns, head={"seq": seq})
         try:
-            await send({"type": "websocket.send", "text": orjson.dumps(reply).decode()})
+            await send({"type": "websocket.send", "text": reply.decode()})
         except (OSError, RuntimeError):  # the client is gone, or the socket closed (1009)
             return
