@@ -199,4 +199,3 @@ def _flags(has: np.ndarray) -> Text:
     if has.all():
         return b"true"
     return list(map(_BOOLEANS.__getitem__, has.tolist()))
-
