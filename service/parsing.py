@@ -8,8 +8,10 @@ error result and the rest go on. Either way the outcome is what the wire models
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import operator
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -180,10 +182,10 @@ def _uniform(
     if len(items) < _UNIFORM_MIN or type(items[0]) is not dict:
         return None
     keys = items[0].keys()
-    if set(map(type, items)) != {dict} or set(map(len, items)) != {len(keys)}:
-        return None
-    try:  # with the lengths equal, the lookups prove every item has the same keys
-        columns = {key: [raw[key] for raw in items] for key in keys}
+    try:  # with the lengths equal, the lookups prove every item a dict of the same keys
+        if set(map(len, items)) != {len(keys)}:
+            return None
+        columns = {key: list(map(operator.itemgetter(key), items)) for key in keys}
     except (KeyError, TypeError):
         return None
     return _uniform_columns(columns, stream_id, limits)
@@ -232,7 +234,6 @@ def as_parsed(batch: Batch) -> list[Parsed]:
 
 
 _UNIFORM_MIN = 8  # below it, the numpy calls cost more than the per-item path
-_STREAM_IDS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]*(?:\n[A-Za-z0-9][A-Za-z0-9._:@-]*)*")
 _TYPES_OF_MODEL = frozenset({str, type(None)})
 _NUMBER_TYPES = frozenset({int, float})
 _CHANNEL_TYPES = frozenset({int, float, type(None)})
@@ -243,14 +244,20 @@ class _NotUniform(Exception):
 
 
 def _stream_ids(stream_ids: list[Any], limits: LimitSettings) -> list[str]:
-    if set(map(type, stream_ids)) != {str}:
-        raise _NotUniform
-    if max(map(len, stream_ids)) > min(limits.max_stream_id_length, _MAX_STREAM_ID):
-        raise _NotUniform
-    joined = "\n".join(stream_ids)  # one regex call; an id with a newline of its own is out
-    if joined.count("\n") != len(stream_ids) - 1 or _STREAM_IDS.fullmatch(joined) is None:
+    # One regex call over the ids joined (joining raises TypeError unless all are strings),
+    # which also bounds their lengths; an id with a newline of its own is out.
+    joined = "\n".join(stream_ids)
+    pattern = _stream_ids_pattern(min(limits.max_stream_id_length, _MAX_STREAM_ID))
+    if joined.count("\n") != len(stream_ids) - 1 or pattern.fullmatch(joined) is None:
         raise _NotUniform
     return stream_ids
+
+
+@functools.cache
+def _stream_ids_pattern(max_length: int) -> re.Pattern[str]:
+    """Stream ids of at most `max_length` characters, one a line."""
+    one = f"[A-Za-z0-9][A-Za-z0-9._:@-]{{0,{max_length - 1}}}"
+    return re.compile(f"{one}(?:\n{one})*")
 
 
 def _seconds(timestamps: list[Any]) -> np.ndarray:

@@ -216,3 +216,12 @@ def test_a_stream_id_with_a_newline_is_refused_alone_and_in_a_batch(stream_id: s
     for batch in ([items[4]], items):
         outcome = as_parsed(parse_items(batch, LIMITS))[batch.index(items[4])]
         assert isinstance(outcome, Failed) and "must match" in outcome.error.detail
+
+
+@pytest.mark.parametrize("item", [["a", 1, 1.0], "abc", 7, None, [{"a": 1}] * 3])
+def test_an_item_that_is_not_a_reading_object_is_refused_alone_in_a_batch(item: Any) -> None:
+    items: list[Any] = [{"stream_id": f"s{i}", "timestamp": 1, "value": 1.0} for i in range(9)]
+    items[4] = item  # as many entries as a reading has fields, where it has a length
+    parsed = as_parsed(parse_items(items, LIMITS))
+    assert isinstance(parsed[4], Failed) and parsed[4].error.status == 422
+    assert all(isinstance(p, Reading) for i, p in enumerate(parsed) if i != 4)
