@@ -337,12 +337,13 @@ def _step_rows(  # noqa: PLR0912, PLR0913, PLR0915 -- one pass, the whole recipe
     judged = mean.shape[1]
     average = np.empty(judged)
     now = np.empty(signals, np.float32)
-    scores = np.empty(n_rows, np.bool_)  # whether each row's stream has settled
+    settled_of = np.empty(n_rows, np.bool_)  # whether each row's stream has settled
     min_var32 = np.float32(min_var)
     # A row's work is one long chain of steps that wait on each other. The profile (its
-    # surprise, 1, and what it learns) and the score's tail (4, 5) are taken in loops of their
-    # own, where nothing waits on them and the rows overlap in the CPU: about a tenth of the
-    # pass. The profile is read and learned by nothing else, row after row as before.
+    # surprise, 1, and what it learns), the level test (3) and the score's tail with the
+    # range (4, 5) are taken in loops of their own, where nothing waits on them and the rows
+    # overlap in the CPU: about a tenth of the likelihood's time. Each reads and learns state
+    # that nothing else touches, row after row as before: the same numbers, bit for bit.
     profile_of = np.zeros(n_rows, np.float32)
     for r in range(n_rows if day_bins else 0):
         if r + PREFETCH_AHEAD < n_rows:  # (the model call in between: `gather`'s are gone)
@@ -455,7 +456,7 @@ def _step_rows(  # noqa: PLR0912, PLR0913, PLR0915 -- one pass, the whole recipe
             largest = np.maximum(largest, z)
         score[r] = largest  # its tail is taken below, in a loop of its own
         settled = scorable[r] and count[q] >= settle
-        scores[r] = settled
+        settled_of[r] = settled
 
         # What the reading teaches: the distributions (scorable, learning rows only) ...
         if scorable[r] and learn[r]:
@@ -494,7 +495,7 @@ def _step_rows(  # noqa: PLR0912, PLR0913, PLR0915 -- one pass, the whole recipe
             ):
                 log_p = np.minimum(log_p, log_range_tail)
                 break
-        score[r] = 0.0 - math.expm1(log_p) if scores[r] else 0.0
+        score[r] = 0.0 - math.expm1(log_p) if settled_of[r] else 0.0
         for c in range(channels):  # What the reading teaches the range (a missing value
             if observed[r, c]:  # leaves it); nothing else reads it.
                 low[q, c] = np.fmin(low[q, c], x[r, c])
