@@ -119,7 +119,7 @@ def _wire_columns(fields: dict[str, Sequence[Any]]) -> dict[str, Any]:
         "warming_up": fields["warming_up"],
         "gap": fields["gap"],
         "duplicate": fields["duplicate"],
-        "alert": [None if a is None else {"id": a.id, "event": a.event} for a in alerts]
+        "alert": [None if a is None else a.to_json() for a in alerts]
         if any(alerts) else alerts,
     }
 

@@ -61,6 +61,10 @@ class AlertRef:
     id: str
     event: str
 
+    def to_json(self) -> dict[str, str]:
+        """The wire form of a result's alert event."""
+        return {"id": self.id, "event": self.event}
+
 
 class Result(NamedTuple):
     stream_id: str

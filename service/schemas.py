@@ -173,9 +173,7 @@ def result_json(outcome: Result, timestamp: str | None = None) -> dict[str, Any]
         "warming_up": outcome.warming_up,
         "gap": outcome.gap,
         "duplicate": outcome.duplicate,
-        "alert": None
-        if outcome.alert is None
-        else {"id": outcome.alert.id, "event": outcome.alert.event},
+        "alert": None if outcome.alert is None else outcome.alert.to_json(),
     }
 
 

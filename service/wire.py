@@ -128,7 +128,7 @@ def _segment(block: ResultBlock, lo: int, hi: int) -> Segment:
         alerts = [b"null"] * n
         for j, ref in block.alerts.items():
             if lo <= j < hi:
-                alerts[j - lo] = orjson.dumps({"id": ref.id, "event": ref.event})
+                alerts[j - lo] = orjson.dumps(ref.to_json())
     return {
         "stream_id": [_strings(block.stream_ids[lo:hi])],
         "timestamp": [_timestamps(block.timestamps[lo:hi])],
