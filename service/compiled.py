@@ -83,3 +83,25 @@ def prefetch_row(array: Any, index: int) -> None:
     start = array.ctypes.data + index * array.strides[0]
     for line in range(start & ~63, start + size, 64):
         _prefetch(line)
+
+
+def _float32_pointer_intrinsic(typingctx: Any, address: Any) -> Any:
+    """The integer `address` as a float32 pointer, for `numba.carray`."""
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        return builder.inttoptr(args[0], ir.FloatType().as_pointer())
+
+    pointer: Any = numba.types.CPointer
+    return pointer(numba.float32)(numba.types.intp), codegen
+
+
+_carray: Any = numba.carray  # type: ignore[attr-defined]
+_float32_pointer: Any = intrinsic(_float32_pointer_intrinsic)
+
+
+@inline
+def float32_row(array: Any, index: int) -> Any:
+    """`array[index]` (float32, whose own axes are contiguous: a record's field) flattened,
+    as a C array: the compiler then knows its elements are adjacent and copies them many at
+    a time, which it cannot over an array of any layout."""
+    start = array.ctypes.data + index * array.strides[0]
+    return _carray(_float32_pointer(start), array.size // array.shape[0])

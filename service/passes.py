@@ -17,12 +17,13 @@ from typing import Any, cast
 
 import numpy as np
 
-from service.compiled import PREFETCH_AHEAD, kernel, prefetch_row
+from service.compiled import PREFETCH_AHEAD, float32_row, kernel, prefetch_row
 from service.normalization import std_of_one, step_one
 from service.results import ANOMALY, CLOSED, GAP, OPENED, SCORED, WARMING
 from service.scoring import alert_one
 
 FRESH, DUPLICATE, LATE = 0, 1, 2
+_EXPONENT = np.uint32(0x7F800000)  # a float32's exponent bits
 
 @kernel()
 def check(
@@ -93,10 +94,12 @@ def gather(
             for c in range(channels):
                 u[r, c] = filled[c]
                 mean[r, c], var[r, c], std[r, c] = rec.mean[c], rec.var[c], 1.0
+        row, hidden = float32_row(states, q), states.shape[3]
         for k in range(states.shape[1]):
             for layer in range(states.shape[2]):
-                for h in range(states.shape[3]):  # not a slice: a view costs more than this
-                    state[k, layer, r, h] = states[q, k, layer, h]
+                start = (k * states.shape[2] + layer) * hidden
+                for h in range(hidden):
+                    state[k, layer, r, h] = row[start + h]
 
 
 @kernel()
@@ -115,10 +118,15 @@ def forecasts(
             next_loc[r, c] = loc_u[r, c] * std[r, c] + (mean[r, c] if per_stream else 0.0)
             next_scale[r, c] = scale_u[r, c] * std[r, c]
             ok = ok and np.isfinite(next_loc[r, c]) and np.isfinite(next_scale[r, c])
+        # A float32 is not finite if its exponent bits are all ones: the largest exponent of
+        # the row's state (an integer max, which the CPU takes many lanes at a time).
+        exponents = np.uint32(0)
         for s in range(len(new_state)):
-            for layer in range(new_state[s].shape[0]):
-                for h in range(new_state[s].shape[2]):
-                    ok = ok and np.isfinite(new_state[s][layer, r, h])
+            bits = new_state[s].view(np.uint32)
+            for layer in range(bits.shape[0]):
+                for h in range(bits.shape[2]):
+                    exponents = max(exponents, bits[layer, r, h] & _EXPONENT)
+        ok = ok and exponents != _EXPONENT
         finite[r] = ok
         poisoned += not ok
     return poisoned
@@ -151,10 +159,12 @@ def put(
         dt, interval = ts[r] - rec.last_ts, rec.interval
         if not (gap[r] or np.isnan(dt)):  # a gap is not the new normal
             rec.interval = dt if np.isnan(interval) else interval + interval_alpha * (dt - interval)
+        row, hidden = float32_row(states, q), states.shape[3]
         for s in range(len(new_state)):
             for layer in range(states.shape[2]):
-                for h in range(states.shape[3]):  # not a slice: a view costs more than this
-                    states[q, s, layer, h] = new_state[s][layer, r, h]
+                start = (s * states.shape[2] + layer) * hidden
+                for h in range(hidden):
+                    row[start + h] = new_state[s][layer, r, h]
         rec.count = count[r]
         for c in range(mean.shape[1]):
             rec.mean[c], rec.var[c] = mean[r, c], var[r, c]

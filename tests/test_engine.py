@@ -285,6 +285,32 @@ async def test_a_reading_refused_after_a_gap_leaves_its_stream_unrewarmed(
         np.testing.assert_array_equal(after[name], array, err_msg=name)
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("unit", [0, -1])
+async def test_a_non_finite_new_state_is_refused_and_not_kept(
+    settings, monkeypatch: pytest.MonkeyPatch, bad: float, unit: int
+) -> None:
+    async with running_engine(settings) as engine:
+        await engine.submit(_readings("pump", sine(150)) + _readings("tank", sine(150)))
+        before = stream_state(engine, "pump")
+        model = engine.steppers()["default"].model
+        step = model.step
+
+        def poisons_pump_state(x: np.ndarray, state: tuple[np.ndarray, ...]) -> object:
+            loc, scale, new_state = step(x, state)
+            new_state[0][-1, 0, unit] = bad  # the round's first row: pump's; its forecast is fine
+            return loc, scale, new_state
+
+        monkeypatch.setattr(model, "step", poisons_pump_state)
+        refused, tank = await engine.submit([Reading("pump", 150.0, (0.3,)),
+                                             Reading("tank", 150.0, (0.3,))])
+        after = stream_state(engine, "pump")
+    assert isinstance(refused, InvalidReadingError) and "non-finite" in refused.detail
+    assert isinstance(tank, Result)
+    for name, array in before.items():
+        np.testing.assert_array_equal(after[name], array, err_msg=name)
+
+
 async def test_a_round_whose_model_call_fails_leaves_a_gapped_stream_unrewarmed(
     settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -174,3 +174,30 @@ def test_an_export_that_fails_leaves_no_files_behind(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="threshold"):
         export_model(model, tmp_path, bad_card, _readings())
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_server_keeps_each_streams_state_of_a_two_layer_lstm_as_the_model_leaves_it(
+    tmp_path: Path,
+) -> None:
+    from service.directory import StreamDirectory
+    from service.registry import ModelRegistry
+    from service.settings import Settings
+
+    model = _model("lstm")  # two states (h, c), each of two layers: (2, 2, 16) a stream
+    export_model(model, tmp_path / "models" / "default", _card(model), _readings())
+    settings = Settings(model={"dir": tmp_path / "models"}, data_dir=tmp_path / "data")
+    registry = ModelRegistry.load(settings.model)
+    stepper = StreamDirectory(registry, settings).steppers["default"]
+    served = registry.get("default")
+    ids = ["a", "b", "c"]
+    for sid in ids:
+        stepper.bind(sid)
+    walk = _readings(len(ids))
+    state = served.initial_state(len(ids))
+    for t in range(12):
+        x = walk[t]  # (streams, channels), every channel observed
+        stepper.apply_columns(ids, np.full(len(ids), 60.0 * t), x.astype(np.float64),
+                              stepper.arena.slots_of(ids))
+        _, _, state = served.step(x, state)
+    kept = stepper.arena.states[stepper.arena.slots_of(ids)]  # (streams, states, layers, hidden)
+    np.testing.assert_allclose(kept, np.stack(state).transpose(2, 0, 1, 3), rtol=0, atol=1e-6)
