@@ -11,6 +11,19 @@ from service.model import Calibration
 GAUSS = scoring.fit_calibration(np.abs(np.random.default_rng(0).normal(size=200_000)))
 
 
+@pytest.mark.parametrize("points", [2, 3, 5, 8, 24, 31])
+def test_log_tail_inside_the_table_is_numpys_interpolation_bit_for_bit(points: int) -> None:
+    rng = np.random.default_rng(points)
+    zs = np.concatenate([[0.0], np.cumsum(rng.uniform(0.01, 1.0, points - 1))])
+    logs = np.concatenate([[0.0], np.cumsum(-rng.uniform(0.01, 2.0, points - 1))])
+    calibration = Calibration(abs_z=zs.tolist(), log_tail=logs.tolist())
+    # every point, a value just either side of each, and values between them
+    abs_z = np.concatenate([zs, np.nextafter(zs, -1.0)[1:], np.nextafter(zs, np.inf)[:-1],
+                            rng.uniform(0.0, zs[-1], 500)])
+    np.testing.assert_array_equal(scoring.log_tail(abs_z, calibration),
+                                  np.minimum(np.interp(abs_z, zs, logs), 0.0))
+
+
 def test_calibration_table_is_monotone_and_matches_the_gaussian_tail() -> None:
     z, log_tail = np.array(GAUSS.abs_z), np.array(GAUSS.log_tail)
     assert z[0] == 0.0 and log_tail[0] == 0.0
