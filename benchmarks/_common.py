@@ -37,6 +37,15 @@ def default_models_dir() -> Path:
     return Path(os.environ.get("STREAMWATCH_BENCH_MODELS_DIR", ROOT / "models"))
 
 
+def steady_after(settings: Any) -> int:
+    """Readings of each stream before a benchmark of the engine alone measures: past the
+    normalization's warm-up and the scorer's settling (in them a stream neither scores nor
+    alerts and the scorer learns nothing, which is less work), and past the burst of alerts
+    that follows when every stream of the benchmark settles at once (100 readings; an
+    engine's streams in a fleet come of age one by one)."""
+    return int(settings.normalization.warmup_n + settings.scoring.settle + 100)
+
+
 @dataclass
 class Figure:
     """One measured figure, its same-run baseline and how it stands against its target."""

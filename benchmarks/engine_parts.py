@@ -1,10 +1,10 @@
 """Where a reading's CPU goes in a round: each part of `Stepper.apply_columns` timed alone.
 
 The stepper (no queue, no HTTP) steps rounds of 1,024 readings as columns over 100,000 bound
-streams, every stream once a pass, past their warm-up; each compiled pass, the likelihood,
-the surprise and the model call are timed around their calls, and the rest of the round
-(its arrays, numpy steps, alert tracking, the result block, and the clock reads of the
-timing, about 8 ns a reading) is what is left of the rounds' CPU time. What
+streams, every stream once a pass, past their warm-up (`steady_after`); each compiled pass,
+the likelihood, the surprise and the model call are timed around their calls, and the rest of
+the round (its arrays, numpy steps, alert tracking, the result block, and the clock reads of
+the timing, about 10 ns a reading) is what is left of the rounds' CPU time. What
 `engine_vs_ort` measures adds the queue, the futures and the slot lookups. Not a figure
 with a target: the table says what to work on.
 
@@ -24,14 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._common import SERVER_CPU, default_models_dir, pin
+from benchmarks._common import SERVER_CPU, default_models_dir, pin, steady_after
 from service import likelihood, passes, scoring
 from service.directory import StreamDirectory
 from service.registry import ModelRegistry
 from service.settings import Settings
 
 STREAMS, ROUND = 100_000, 1024
-WARM_PASSES = 60  # past every stream's warm-up and the likelihood's settling
 
 
 def run(models_dir: Path, sweeps: int) -> dict[str, float]:
@@ -80,10 +79,11 @@ def run(models_dir: Path, sweeps: int) -> dict[str, float]:
             spent_in_rounds += time.process_time() - started
         return spent_in_rounds
 
-    for t in range(WARM_PASSES):
+    warm_passes = steady_after(settings)
+    for t in range(warm_passes):
         one_pass(t)
     spent.clear()
-    total = sum(one_pass(t) for t in range(WARM_PASSES, WARM_PASSES + sweeps))
+    total = sum(one_pass(t) for t in range(warm_passes, warm_passes + sweeps))
     readings = sweeps * STREAMS
     parts = {label: seconds / readings * 1e9
              for label, seconds in sorted(spent.items(), key=lambda kv: -kv[1])}

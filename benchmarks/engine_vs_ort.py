@@ -26,7 +26,15 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks._common import PYTHON, ROOT, SERVER_CPU, Figure, default_models_dir, print_figures
+from benchmarks._common import (
+    PYTHON,
+    ROOT,
+    SERVER_CPU,
+    Figure,
+    default_models_dir,
+    print_figures,
+    steady_after,
+)
 
 STREAMS = 100_000
 SUBMITTERS = 8  # callers with a chunk of max_batch readings each in flight, like connections
@@ -67,14 +75,13 @@ def _child(models_dir: Path, duration_s: float, streams: int, intra_op_threads: 
     )
     batch = settings.engine.max_batch
     gc.set_threshold(*settings.server.gc_thresholds)  # as `streamwatch serve` does
-    rows = asyncio.run(_engine_rate(settings, streams, duration_s, columns=False))
-    columns = asyncio.run(_engine_rate(settings, streams, duration_s, columns=True))
-    return {**rows, **{k.replace("engine", "columns"): v for k, v in columns.items()},
+    return {**asyncio.run(_engine_rates(settings, streams, duration_s)),
             **_ort_rate(settings, batch, duration_s), "batch": batch}
 
 
-async def _engine_rate(settings: object, streams: int, duration_s: float, columns: bool
-                       ) -> dict[str, float]:
+async def _engine_rates(settings: object, streams: int, duration_s: float) -> dict[str, float]:
+    """The engine's rates as columns and one by one, on streams past their warm-up
+    (`steady_after`)."""
     from service.engine import Engine
     from service.registry import ModelRegistry
     from service.results import Reading, ReadingArrays
@@ -87,6 +94,7 @@ async def _engine_rate(settings: object, streams: int, duration_s: float, column
     ids = [f"bench-{i}" for i in range(streams)]
     rng = np.random.default_rng(0)
     chunk = settings.engine.max_batch
+    passes = 0
 
     async def submitter(chunks: Iterator[list[Reading] | ReadingArrays]) -> None:
         for readings in chunks:  # shared: each chunk goes to one submitter, in order
@@ -95,15 +103,18 @@ async def _engine_rate(settings: object, streams: int, duration_s: float, column
             else:
                 await engine.submit(readings)
 
-    async def one_pass(t: int) -> None:
-        values = rng.normal(size=(streams, n_channels))
+    async def one_pass(columns: bool) -> tuple[float, float]:
+        """Every stream's next reading, a minute after its last: the CPU and wall seconds."""
+        nonlocal passes
+        passes += 1
+        at, values = 60.0 * passes, rng.normal(size=(streams, n_channels))
         batches: list[list[Reading] | ReadingArrays]
         if columns:
-            at = np.full(streams, float(t))
-            batches = [ReadingArrays(ids[i : i + chunk], at[i : i + chunk], values[i : i + chunk])
+            ts = np.full(streams, at)
+            batches = [ReadingArrays(ids[i : i + chunk], ts[i : i + chunk], values[i : i + chunk])
                        for i in range(0, streams, chunk)]
         else:
-            readings = [Reading(sid, float(t), tuple(v))
+            readings = [Reading(sid, at, tuple(v))
                         for sid, v in zip(ids, values.tolist(), strict=True)]
             batches = [readings[i : i + chunk] for i in range(0, streams, chunk)]
             del readings
@@ -113,24 +124,34 @@ async def _engine_rate(settings: object, streams: int, duration_s: float, column
         gc.freeze()  # the pass's readings are the benchmark's objects, not the engine's
         cpu, wall = time.process_time(), time.perf_counter()
         await asyncio.gather(*(submitter(chunks) for _ in range(SUBMITTERS)))
-        totals["cpu"] += time.process_time() - cpu
-        totals["wall"] += time.perf_counter() - wall
+        spent = time.process_time() - cpu, time.perf_counter() - wall
         gc.unfreeze()
+        return spent
 
-    totals = {"cpu": 0.0, "wall": 0.0}
+    async def rate(columns: bool) -> dict[str, float]:
+        cpu = wall = 0.0
+        rounds0, passes0 = engine.rounds, passes
+        while cpu < duration_s:
+            spent = await one_pass(columns)
+            cpu, wall = cpu + spent[0], wall + spent[1]
+        stepped = streams * (passes - passes0)
+        key = "columns" if columns else "engine"
+        return {f"{key}_rate": stepped / cpu, f"{key}_wall_rate": stepped / wall,
+                f"{key}_mean_round": stepped / max(1, engine.rounds - rounds0)}
+
+    def open_alerts() -> int:
+        return sum(stepper.open_alerts for stepper in engine.steppers().values())
+
     await engine.start()
     try:
-        await one_pass(0)  # binds every stream: not what is measured
-        totals.update(cpu=0.0, wall=0.0)
-        rounds0, t = engine.rounds, 1
-        while totals["cpu"] < duration_s:
-            await one_pass(t)
-            t += 1
+        await one_pass(columns=False)  # binds every stream: not what is measured
+        while passes < steady_after(settings):  # as columns: the quicker way there
+            await one_pass(columns=True)
+        warm = {"warm_passes": passes, "open_alerts_after_warm_up": open_alerts()}
+        return {**warm, **await rate(columns=True), **await rate(columns=False),
+                "open_alerts_at_end": open_alerts()}
     finally:
         await engine.stop()
-    stepped = streams * (t - 1)
-    return {"engine_rate": stepped / totals["cpu"], "engine_wall_rate": stepped / totals["wall"],
-            "mean_round": stepped / max(1, engine.rounds - rounds0)}
 
 
 def _ort_rate(settings: object, batch: int, duration_s: float) -> dict[str, float]:

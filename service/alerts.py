@@ -15,7 +15,7 @@ import functools
 import itertools
 from collections import OrderedDict, deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -246,14 +246,3 @@ class AlertBus:
             before = subscription.dropped
             subscription.offer(event)
             self.dropped_total += subscription.dropped - before
-
-
-def update_peak(
-    alert: Alert, score: float, at: float, forecast: list[float | None], actual: list[float | None]
-) -> Alert:
-    """One more reading inside an open alert; the peak moves if this one scores higher."""
-    if score > alert.peak_score:
-        alert = replace(
-            alert, peak_score=score, peak_at=at, forecast_at_peak=forecast, actual_at_peak=actual
-        )
-    return replace(alert, readings=alert.readings + 1)

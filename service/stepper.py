@@ -12,16 +12,17 @@ from __future__ import annotations
 import fnmatch
 import itertools
 import math
+import os
+import random
 import time
-import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
 import numpy as np
 
 from service import likelihood, normalization, passes, scoring
-from service.alerts import Alert, iso, update_peak
+from service.alerts import Alert, iso
 from service.errors import InvalidReadingError, OutOfOrderError, StreamwatchError
 from service.model import Forecaster
 from service.results import (
@@ -50,6 +51,30 @@ class StreamInfo:
     open_alert: Alert | None
 
 
+@dataclass(slots=True)
+class _OpenAlert:
+    """An open alert as its readings come: each adds one to `readings`, and only one that
+    scores above the peak makes a new `alert` (an `Alert` is a frozen record, and making one
+    costs some microseconds: in an incident many streams are inside an alert each round)."""
+
+    alert: Alert  # as opened, or as of its latest peak
+    readings: int
+
+    @classmethod
+    def of(cls, alert: Alert) -> _OpenAlert:
+        return cls(alert, alert.readings)
+
+    def now(self) -> Alert:
+        alert = self.alert
+        return alert if alert.readings == self.readings else replace(alert, readings=self.readings)
+
+    def closed(self, at: float | None = None) -> Alert:
+        """The alert closed at `at` (by default, at its peak: a stream let go)."""
+        a = self.alert  # made as `replace` would, without its look at every field
+        return Alert(a.id, a.stream_id, a.model, a.opened_at, a.peak_at if at is None else at,
+                     a.peak_score, a.peak_at, self.readings, a.forecast_at_peak, a.actual_at_peak)
+
+
 @dataclass(frozen=True)
 class StepOutcome:
     block: ResultBlock
@@ -74,9 +99,12 @@ class Stepper:
         self._time = settings.time
         self._threshold = settings.scoring.thresholds.get(name, model.card.threshold)
         self._stream_thresholds = settings.scoring.stream_thresholds
-        self._open: dict[str, Alert] = {}  # stream_id -> its open alert
+        self._open: dict[str, _OpenAlert] = {}  # stream_id -> its open alert
         self._last_alert: dict[str, AlertRef] = {}  # stream_id -> event of its last reading
         self._alert_seq = itertools.count()
+        # An alert's id: 48 random bits (as uuid4's first 12 hex digits were, at a tenth of
+        # the cost) and this stepper's count of them.
+        self._alert_ids = random.Random(os.urandom(16))
         self._result_dtype = passes.result_dtype(arena.record_dtype)
         self.evictions = 0
 
@@ -108,21 +136,22 @@ class Stepper:
     def release(self, stream_id: str) -> list[tuple[str, Alert]]:
         self.arena.release(stream_id)
         self._last_alert.pop(stream_id, None)
-        alert = self._open.pop(stream_id, None)
-        if alert is None:
+        held = self._open.pop(stream_id, None)
+        if held is None:
             return []
-        return [("closed", _close(alert, alert.peak_at))]
+        return [("closed", held.closed())]
 
     def copy(self) -> StateCopy:
         """Every stream of this model as of now, to snapshot."""
-        return StateCopy(self.name, self.arena.copy(), dict(self._open), dict(self._last_alert))
+        return StateCopy(self.name, self.arena.copy(), self._open_alerts(self._open),
+                         dict(self._last_alert))
 
     def export(self, stream_ids: Sequence[str]) -> StreamBatch:
         """Copies of some bound streams' state, to persist."""
         ids = list(stream_ids)
         return StreamBatch(
             self.name, ids, self.arena.read_records(self.arena.slots_of(ids)),
-            {sid: self._open[sid] for sid in ids if sid in self._open},
+            self._open_alerts(ids),
             {sid: self._last_alert[sid] for sid in ids if sid in self._last_alert},
         )
 
@@ -130,18 +159,23 @@ class Stepper:
         """Take persisted state for streams already bound here, replacing theirs."""
         self.arena.write_records(self.arena.slots_of(batch.stream_ids), batch.records)
         for sid in batch.stream_ids:
-            _put(self._open, sid, batch.open_alerts.get(sid))
+            alert = batch.open_alerts.get(sid)
+            _put(self._open, sid, None if alert is None else _OpenAlert.of(alert))
             _put(self._last_alert, sid, batch.last_alerts.get(sid))
 
     def restore(self, batch: StreamBatch) -> None:
         """Replace every stream with the batch's (see `StateArena.restore` for the errors)."""
         self.arena.restore(ArenaSnapshot(batch.stream_ids, batch.records))
-        self._open = dict(batch.open_alerts)
+        self._open = {sid: _OpenAlert.of(alert) for sid, alert in batch.open_alerts.items()}
         self._last_alert = dict(batch.last_alerts)
 
     def held_alert_ids(self) -> set[str]:
         """Ids of the alerts open on this model's streams."""
-        return {alert.id for alert in self._open.values()}
+        return {held.alert.id for held in self._open.values()}
+
+    def _open_alerts(self, stream_ids: Iterable[str]) -> dict[str, Alert]:
+        """The open alerts of those of `stream_ids` that have one, as of now."""
+        return {sid: held.now() for sid in stream_ids if (held := self._open.get(sid))}
 
     def info(self, stream_id: str) -> StreamInfo:
         slot = self.arena.slot_of(stream_id)
@@ -155,7 +189,7 @@ class Stepper:
             warming_up=bool(a["count"][slot] < self._norm.warmup_n),
             last_timestamp=None if math.isnan(last_ts) else last_ts,
             last_score=float(a["last_score"][slot]),
-            open_alert=self._open.get(stream_id),
+            open_alert=self._open_alerts([stream_id]).get(stream_id),
         )
 
     def apply(self, readings: Sequence[Reading], slots: np.ndarray | None = None) -> StepOutcome:
@@ -309,34 +343,36 @@ class Stepper:
         x: np.ndarray,
     ) -> list[tuple[str, Alert]]:
         events: list[tuple[str, Alert]] = []
-        for j in (opened | closed | is_open).nonzero()[0].tolist():
-            stream_id = stream_ids[rows[j]]
-            at, value = float(ts[j]), float(score_value[j])
-            forecast, actual = _floats(loc[j]), _floats(x[j])
-            if opened[j]:
+        which = (opened | closed | is_open).nonzero()[0]
+        # as lists first: a numpy element read one at a time costs a new object each
+        for j, row, at, value, opens, closes in zip(
+            which.tolist(), rows[which].tolist(), ts[which].tolist(),
+            score_value[which].tolist(), opened[which].tolist(), closed[which].tolist(),
+            strict=True,
+        ):
+            stream_id = stream_ids[row]
+            if opens:
                 alert = Alert(
-                    id=f"{uuid.uuid4().hex[:12]}-{next(self._alert_seq)}",
-                    stream_id=stream_id,
-                    model=self.name,
-                    opened_at=at,
-                    closed_at=None,
-                    peak_score=value,
-                    peak_at=at,
-                    readings=1,
-                    forecast_at_peak=forecast,
-                    actual_at_peak=actual,
+                    f"{self._alert_ids.getrandbits(48):012x}-{next(self._alert_seq)}",
+                    stream_id, self.name, opened_at=at, closed_at=None, peak_score=value,
+                    peak_at=at, readings=1, forecast_at_peak=_floats(loc[j]),
+                    actual_at_peak=_floats(x[j]),
                 )
-                self._open[stream_id] = alert
+                self._open[stream_id] = _OpenAlert(alert, 1)
                 events.append(("opened", alert))
                 self._last_alert[stream_id] = AlertRef(alert.id, "opened")
-            elif closed[j]:
-                alert = _close(self._open.pop(stream_id), at)
+            elif closes:
+                alert = self._open.pop(stream_id).closed(at)
                 events.append(("closed", alert))
                 self._last_alert[stream_id] = AlertRef(alert.id, "closed")
-            else:
-                self._open[stream_id] = update_peak(
-                    self._open[stream_id], value, at, forecast, actual
-                )
+            else:  # one more reading inside the alert; the peak moves if it scores higher
+                held = self._open[stream_id]
+                held.readings += 1
+                if value > held.alert.peak_score:
+                    held.alert = replace(
+                        held.alert, peak_score=value, peak_at=at, readings=held.readings,
+                        forecast_at_peak=_floats(loc[j]), actual_at_peak=_floats(x[j]),
+                    )
         return events
 
 
@@ -350,10 +386,6 @@ def _put(memory: dict[str, _V], key: str, value: _V | None) -> None:
         memory.pop(key, None)
     else:
         memory[key] = value
-
-
-def _close(alert: Alert, at: float) -> Alert:
-    return replace(alert, closed_at=at)
 
 
 def _floats(row: np.ndarray) -> list[float | None]:

@@ -396,6 +396,27 @@ async def test_an_injected_spike_opens_exactly_one_alert_that_closes_again(setti
     assert results[int(closed.closed_at)].alert.event == "closed"
 
 
+async def test_an_alert_counts_its_readings_and_keeps_the_peak_while_open_and_once_closed(
+    settings,
+) -> None:
+    values = sine(400, period=40, noise=0.05, seed=3, level=50.0, amplitude=5.0)
+    values[300:304] += [30.0, 12.0, 45.0, 20.0]
+    events: list = []
+    async with running_engine(settings, events) as engine:
+        results = await engine.submit(_readings("turbine", values[:304]))
+        still_open = engine.stream_info("turbine").open_alert
+        results += await engine.submit(_readings("turbine", values[304:], start=304.0))
+    (_, opened), (_, closed) = events
+    inside = results[300 : int(closed.closed_at)]  # from the opening reading to the closing one
+    assert still_open is not None and still_open.readings == 4
+    assert still_open.peak_score == max(r.score for r in inside[:4])
+    assert closed.id == opened.id and closed.readings == len(inside)
+    peak = max(inside, key=lambda r: r.score)  # the first of the highest
+    assert (closed.peak_score, closed.peak_at) == (peak.score, peak.timestamp)
+    assert closed.actual_at_peak == [values[int(peak.timestamp)]]
+    assert closed.forecast_at_peak == peak.forecast_loc
+
+
 async def test_readings_in_warm_up_get_forecasts_but_no_score_and_never_alert(settings) -> None:
     values = sine(60)
     values[40] += 100.0
