@@ -55,15 +55,18 @@ from service.compiled import (
     B1,
     F4,
     F8,
+    HARDWARE_HALF,
     I4,
     I8,
     PREFETCH_AHEAD,
     U1,
     U2,
     array,
+    half_to_double,
     inline,
     kernel,
     prefetch_row,
+    single_to_half,
 )
 from service.normalization import std_of_one
 from service.settings import ScoringSettings
@@ -276,9 +279,9 @@ def step_in_place(
 _HALF_STEP = 2.0**-24  # between subnormal halves
 
 
-@inline
-def _half(bits: int) -> float:
-    """The value of IEEE half-precision `bits` (numpy's float16), exactly."""
+def half_in_steps(bits: int) -> float:
+    """The value of IEEE half-precision `bits` (numpy's float16), exactly, in integer steps
+    (for a CPU that cannot convert half precision itself: `HARDWARE_HALF`)."""
     exponent, fraction = (bits >> 10) & 0x1F, bits & 0x3FF
     if exponent == 0:  # zero or subnormal
         value = fraction * _HALF_STEP
@@ -289,9 +292,9 @@ def _half(bits: int) -> float:
     return np.float64(np.uint32(single).view(np.float32))
 
 
-@inline
-def _half_bits(value: float) -> int:
-    """The half-precision bits of `value` rounded to nearest, ties to even (numpy's cast)."""
+def half_bits_in_steps(value: float) -> int:
+    """The half-precision bits of `value` rounded to nearest, ties to even (numpy's cast), in
+    integer steps; a NaN is 0x7E00."""
     if value != value:
         return 0x7E00
     sign, value = (0x8000, -value) if math.copysign(1.0, value) < 0.0 else (0, value)
@@ -305,6 +308,18 @@ def _half_bits(value: float) -> int:
     steps = int(np.rint(math.ldexp(value, 10 - exponent)))  # 1024 .. 2048: a carry is right
     bits = ((exponent + 15) << 10) + steps - 1024
     return sign | min(bits, 0x7C00)
+
+
+@inline
+def _half_bits_of_single(value: float) -> int:
+    """`half_bits_in_steps` of a float32, by the CPU (whose NaN keeps its sign)."""
+    return 0x7E00 if value != value else single_to_half(value)
+
+
+# The ring of surprises is float16, which compiled code cannot use: its elements are read and
+# written as their bits. Each of a reading's 2 x 15 is converted: by the CPU, 1 instruction.
+_half = half_to_double if HARDWARE_HALF else inline(half_in_steps)
+_half_bits = _half_bits_of_single if HARDWARE_HALF else inline(half_bits_in_steps)
 
 
 @kernel(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numba
 import numpy as np
 import pytest
 
@@ -305,3 +306,51 @@ def test_a_stream_gone_flat_alerts_with_the_quiet_tail_and_not_without() -> None
     assert np.count_nonzero(with_tail[600:] >= alerting) > 5
     assert np.count_nonzero(with_tail[100:600] >= alerting) == 0
     assert np.count_nonzero(without[600:] >= alerting) == 0
+
+
+@numba.njit
+def _halves_read(bits: np.ndarray, out: np.ndarray) -> None:
+    for i in range(bits.size):
+        out[i] = likelihood._half(bits[i])
+
+
+@numba.njit
+def _halves_written(values: np.ndarray, out: np.ndarray) -> None:
+    for i in range(values.size):
+        out[i] = likelihood._half_bits(values[i])
+
+
+_read_in_steps = numba.njit(likelihood.half_in_steps)
+_written_in_steps = numba.njit(likelihood.half_bits_in_steps)
+
+
+def _singles() -> np.ndarray:
+    """float32s of every magnitude a half has and beyond, with the edges of its range."""
+    rng = np.random.default_rng(0)
+    scaled = rng.normal(size=200_000) * 10.0 ** rng.integers(-9, 7, 200_000)
+    edges = [0.0, -0.0, np.inf, -np.inf, 65504.0, 65519.99, 65520.0, 6e-8, 2.98e-8, 2.99e-8,
+             2.0**-14, 2.0**-24, 1e-10, 1000.0]
+    return np.concatenate([scaled, edges, np.negative(edges)]).astype(np.float32)
+
+
+@pytest.mark.parametrize("way", ["as the likelihood does", "in integer steps"])
+def test_the_ring_of_surprises_reads_and_writes_half_precision_as_numpy_does(way: str) -> None:
+    bits = np.arange(65536, dtype=np.uint16)  # every half, NaNs and infinities included
+    read = np.empty(bits.size)
+    singles = _singles()
+    written = np.empty(singles.size, np.uint16)
+    if way == "in integer steps":
+        read[:] = [_read_in_steps(b) for b in bits]
+        written[:] = [_written_in_steps(v) for v in singles]
+    else:
+        _halves_read(bits, read)
+        _halves_written(singles, written)
+    np.testing.assert_array_equal(read, bits.view(np.float16).astype(np.float64))
+    with np.errstate(over="ignore"):
+        np.testing.assert_array_equal(written, singles.astype(np.float16).view(np.uint16))
+    nan = np.array([np.nan, -np.nan], np.float32)
+    if way == "in integer steps":
+        assert [_written_in_steps(v) for v in nan] == [0x7E00, 0x7E00]
+    else:
+        _halves_written(nan, written[:2])
+        assert written[:2].tolist() == [0x7E00, 0x7E00]
