@@ -16,7 +16,7 @@ import os
 import random
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
@@ -53,26 +53,31 @@ class StreamInfo:
 
 @dataclass(slots=True)
 class _OpenAlert:
-    """An open alert as its readings come: each adds one to `readings`, and only one that
-    scores above the peak makes a new `alert` (an `Alert` is a frozen record, and making one
-    costs some microseconds: in an incident many streams are inside an alert each round)."""
+    """An open alert as its readings come, as plain fields that each reading inside it updates:
+    an `Alert` (a frozen record, some microseconds to make) is made of them only when it is
+    read, once it closes or for a snapshot or a stream's info. In an incident, many streams
+    are inside an alert each round."""
 
-    alert: Alert  # as opened, or as of its latest peak
+    opened: Alert  # as it opened: its id, stream, model and time
     readings: int
+    peak_score: float
+    peak_at: float
+    forecast_at_peak: list[float | None]
+    actual_at_peak: list[float | None]
 
     @classmethod
     def of(cls, alert: Alert) -> _OpenAlert:
-        return cls(alert, alert.readings)
+        return cls(alert, alert.readings, alert.peak_score, alert.peak_at,
+                   alert.forecast_at_peak, alert.actual_at_peak)
 
-    def now(self) -> Alert:
-        alert = self.alert
-        return alert if alert.readings == self.readings else replace(alert, readings=self.readings)
+    def now(self, closed_at: float | None = None) -> Alert:
+        a = self.opened
+        return Alert(a.id, a.stream_id, a.model, a.opened_at, closed_at, self.peak_score,
+                     self.peak_at, self.readings, self.forecast_at_peak, self.actual_at_peak)
 
     def closed(self, at: float | None = None) -> Alert:
         """The alert closed at `at` (by default, at its peak: a stream let go)."""
-        a = self.alert  # made as `replace` would, without its look at every field
-        return Alert(a.id, a.stream_id, a.model, a.opened_at, a.peak_at if at is None else at,
-                     a.peak_score, a.peak_at, self.readings, a.forecast_at_peak, a.actual_at_peak)
+        return self.now(self.peak_at if at is None else at)
 
 
 @dataclass(frozen=True)
@@ -171,7 +176,7 @@ class Stepper:
 
     def held_alert_ids(self) -> set[str]:
         """Ids of the alerts open on this model's streams."""
-        return {held.alert.id for held in self._open.values()}
+        return {held.opened.id for held in self._open.values()}
 
     def _open_alerts(self, stream_ids: Iterable[str]) -> dict[str, Alert]:
         """The open alerts of those of `stream_ids` that have one, as of now."""
@@ -345,20 +350,20 @@ class Stepper:
         events: list[tuple[str, Alert]] = []
         which = (opened | closed | is_open).nonzero()[0]
         # as lists first: a numpy element read one at a time costs a new object each
-        for j, row, at, value, opens, closes in zip(
-            which.tolist(), rows[which].tolist(), ts[which].tolist(),
-            score_value[which].tolist(), opened[which].tolist(), closed[which].tolist(),
-            strict=True,
+        for row, at, value, opens, closes, forecast, actual in zip(
+            rows[which].tolist(), ts[which].tolist(), score_value[which].tolist(),
+            opened[which].tolist(), closed[which].tolist(), loc[which].tolist(),
+            x[which].tolist(), strict=True,
         ):
             stream_id = stream_ids[row]
             if opens:
                 alert = Alert(
                     f"{self._alert_ids.getrandbits(48):012x}-{next(self._alert_seq)}",
                     stream_id, self.name, opened_at=at, closed_at=None, peak_score=value,
-                    peak_at=at, readings=1, forecast_at_peak=_floats(loc[j]),
-                    actual_at_peak=_floats(x[j]),
+                    peak_at=at, readings=1, forecast_at_peak=_floats(forecast),
+                    actual_at_peak=_floats(actual),
                 )
-                self._open[stream_id] = _OpenAlert(alert, 1)
+                self._open[stream_id] = _OpenAlert.of(alert)
                 events.append(("opened", alert))
                 self._last_alert[stream_id] = AlertRef(alert.id, "opened")
             elif closes:
@@ -368,11 +373,9 @@ class Stepper:
             else:  # one more reading inside the alert; the peak moves if it scores higher
                 held = self._open[stream_id]
                 held.readings += 1
-                if value > held.alert.peak_score:
-                    held.alert = replace(
-                        held.alert, peak_score=value, peak_at=at, readings=held.readings,
-                        forecast_at_peak=_floats(loc[j]), actual_at_peak=_floats(x[j]),
-                    )
+                if value > held.peak_score:
+                    held.peak_score, held.peak_at = value, at
+                    held.forecast_at_peak, held.actual_at_peak = _floats(forecast), _floats(actual)
         return events
 
 
@@ -388,8 +391,8 @@ def _put(memory: dict[str, _V], key: str, value: _V | None) -> None:
         memory[key] = value
 
 
-def _floats(row: np.ndarray) -> list[float | None]:
-    return [None if math.isnan(v) else float(v) for v in row.tolist()]
+def _floats(row: list[float]) -> list[float | None]:
+    return [None if math.isnan(v) else v for v in row]
 
 
 def _fmt(ts: float) -> str:
