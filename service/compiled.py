@@ -126,10 +126,11 @@ def _single_to_half_intrinsic(typingctx: Any, value: Any) -> Any:
     return numba.uint16(numba.float32), codegen
 
 
-# The CPU converts half precision itself: every x86 server since 2012 (F16C), and ARM. Where
-# it cannot, `service.likelihood` converts with integer steps.
-HARDWARE_HALF = platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686") or bool(
-    llvm.get_host_cpu_features().get("f16c")
+# Whether the CPU converts half precision itself: every x86 server since 2012 (F16C), and
+# 64-bit ARM. Where not, `service.likelihood` converts with integer steps.
+_MACHINE = platform.machine().lower()
+HARDWARE_HALF = _MACHINE in ("aarch64", "arm64") or (
+    _MACHINE in ("x86_64", "amd64") and bool(llvm.get_host_cpu_features().get("f16c"))
 )
 half_to_double: Any = intrinsic(_half_to_double_intrinsic)
 single_to_half: Any = intrinsic(_single_to_half_intrinsic)

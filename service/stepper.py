@@ -72,8 +72,12 @@ class _OpenAlert:
 
     def now(self, closed_at: float | None = None) -> Alert:
         a = self.opened
-        return Alert(a.id, a.stream_id, a.model, a.opened_at, closed_at, self.peak_score,
-                     self.peak_at, self.readings, self.forecast_at_peak, self.actual_at_peak)
+        return Alert(
+            id=a.id, stream_id=a.stream_id, model=a.model, opened_at=a.opened_at,
+            closed_at=closed_at, peak_score=self.peak_score, peak_at=self.peak_at,
+            readings=self.readings, forecast_at_peak=self.forecast_at_peak,
+            actual_at_peak=self.actual_at_peak,
+        )
 
     def closed(self, at: float | None = None) -> Alert:
         """The alert closed at `at` (by default, at its peak: a stream let go)."""
@@ -180,7 +184,7 @@ class Stepper:
 
     def _open_alerts(self, stream_ids: Iterable[str]) -> dict[str, Alert]:
         """The open alerts of those of `stream_ids` that have one, as of now."""
-        return {sid: held.now() for sid in stream_ids if (held := self._open.get(sid))}
+        return {sid: held.now() for sid in stream_ids if (held := self._open.get(sid)) is not None}
 
     def info(self, stream_id: str) -> StreamInfo:
         slot = self.arena.slot_of(stream_id)
@@ -194,7 +198,7 @@ class Stepper:
             warming_up=bool(a["count"][slot] < self._norm.warmup_n),
             last_timestamp=None if math.isnan(last_ts) else last_ts,
             last_score=float(a["last_score"][slot]),
-            open_alert=self._open_alerts([stream_id]).get(stream_id),
+            open_alert=None if (held := self._open.get(stream_id)) is None else held.now(),
         )
 
     def apply(self, readings: Sequence[Reading], slots: np.ndarray | None = None) -> StepOutcome:
