@@ -76,6 +76,11 @@ class StreamDirectory:
         name = next(iter(self.steppers))
         return name if self._channels[name] == channels else None
 
+    def remembers(self, stream_ids: list[str]) -> bool:
+        """Whether one model's arena remembers this list (`StateArena.remembers`): its streams
+        are distinct."""
+        return any(stepper.arena.remembers(stream_ids) for stepper in self.steppers.values())
+
     def slots_of(self, name: str, stream_ids: list[str]) -> np.ndarray | None:
         """The slots of streams bound to model `name`, (batch,) int64; None if any is not."""
         try:

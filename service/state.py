@@ -164,6 +164,11 @@ class StateArena:
             self._recent.put(list(operator.itemgetter(*slots.tolist())(self._ids)), slots.copy())
         return slots
 
+    def remembers(self, stream_ids: list[str]) -> bool:
+        """Whether the arena remembers this list's slots (`slots_of`): then its streams are
+        bound here and distinct, which the engine need not check again."""
+        return len(stream_ids) > 1 and self._recent.get(stream_ids) is not None
+
     def stream_ids(self) -> Iterator[str]:
         return iter(self._slots)
 
@@ -310,13 +315,13 @@ def _states_view(records: np.ndarray, layout: ArenaLayout) -> np.ndarray:
 class _Recent:
     """The slots of stream-id lists looked up more than once, while no stream is released.
 
-    A list is known by its length and its first and last ids, and is the one remembered if
-    the two lists are equal: for ids fresh from JSON that compares each pair of strings once,
-    where a dict lookup per stream also reads the stored key, a cache miss at 100,000
-    streams (slot lookups were 8% of the server at 500 readings a WebSocket frame). A list is
-    remembered the second time it is looked up, as the arena's own id objects: keeping each
-    list a client sent, once or more, would keep its strings alive for nothing (WebSocket
-    frames of 500 ran 9% slower so).
+    Only a list of distinct streams is remembered. A list is known by its length and its
+    first and last ids, and is the one remembered if the two lists are equal: for ids fresh
+    from JSON that compares each pair of strings once, where a dict lookup per stream also
+    reads the stored key, a cache miss at 100,000 streams (slot lookups were 8% of the server
+    at 500 readings a WebSocket frame). A list is remembered the second time it is looked up,
+    as the arena's own id objects: keeping each list a client sent, once or more, would keep
+    its strings alive for nothing (WebSocket frames of 500 ran 9% slower so).
     """
 
     LISTS = 256  # lists remembered, oldest forgotten first ...
@@ -347,6 +352,8 @@ class _Recent:
 
     def put(self, stream_ids: list[str], slots: np.ndarray) -> None:
         n, key, lists = len(stream_ids), _known_by(stream_ids), self._lists
+        if len(set(stream_ids)) < n:  # a stream twice: not what `StateArena.remembers` says
+            return
         if key in lists:
             self._ids -= len(lists.pop(key)[0])
         while lists and (len(lists) >= self.LISTS or self._ids + n > self.IDS):

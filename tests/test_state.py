@@ -72,6 +72,20 @@ def test_slots_of_a_list_looked_up_before_are_still_right() -> None:
         arena.slots_of(["a", "d", "c"])
 
 
+def test_the_arena_remembers_a_list_of_distinct_streams_only() -> None:
+    arena = StateArena(LAYOUT, capacity=4, max_streams=4)
+    for sid in "abc":
+        arena.bind(sid, 0.9)
+    assert not arena.remembers(["a", "b", "c"])  # not looked up yet
+    for _ in range(3):
+        arena.slots_of(["a", "b", "c"])
+        arena.slots_of(["a", "b", "a"])  # a stream twice: the engine must not take it whole
+    assert arena.remembers(["a", "b", "c"]) and not arena.remembers(["a", "b", "a"])
+    assert arena.slots_of(["a", "b", "a"]).tolist() == [0, 1, 0]
+    arena.release("c")  # forgets every list
+    assert not arena.remembers(["a", "b", "c"])
+
+
 def test_slots_of_after_a_restore_are_the_restored_ones() -> None:
     arena = StateArena(LAYOUT, capacity=4, max_streams=4)
     for sid in "abc":
