@@ -261,9 +261,16 @@ async def test_a_long_gap_rewarms_the_stream_and_says_so(settings) -> None:
     assert not state["state_h"].any() or after_gap.forecast_loc is None
 
 
-async def test_a_reading_refused_after_a_gap_leaves_its_stream_unrewarmed(
-    settings, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(("poisoned", "bad", "unit"), [
+    ("forecast", np.nan, 0), ("state", np.nan, 0), ("state", np.nan, -1),
+    ("state", np.inf, 0), ("state", -np.inf, -1),
+])
+@pytest.mark.parametrize("after_a_gap", [False, True])
+async def test_a_reading_whose_model_output_is_not_finite_is_refused_and_its_stream_kept(
+    settings, monkeypatch: pytest.MonkeyPatch, poisoned: str, bad: float, unit: int,
+    after_a_gap: bool,
 ) -> None:
+    at = 149.0 + (1000.0 if after_a_gap else 1.0)  # after a gap, the stream would be rewarmed
     async with running_engine(settings) as engine:
         await engine.submit(_readings("pump", sine(150)) + _readings("tank", sine(150)))
         before = stream_state(engine, "pump")
@@ -272,41 +279,19 @@ async def test_a_reading_refused_after_a_gap_leaves_its_stream_unrewarmed(
 
         def poisons_pump(x: np.ndarray, state: tuple[np.ndarray, ...]) -> object:
             loc, scale, new_state = step(x, state)
-            loc[0] = np.nan  # the round's first row: pump's reading
+            if poisoned == "forecast":  # the round's first row: pump's reading
+                loc[0] = bad
+            else:  # one unit of its new state; its forecast is fine
+                new_state[0][-1, 0, unit] = bad
             return loc, scale, new_state
 
         monkeypatch.setattr(model, "step", poisons_pump)
-        refused, tank = await engine.submit([Reading("pump", 149.0 + 1000.0, (0.3,)),
-                                             Reading("tank", 149.0 + 1000.0, (0.3,))])
+        refused, tank = await engine.submit([Reading("pump", at, (0.3,)),
+                                             Reading("tank", at, (0.3,))])
         after = stream_state(engine, "pump")
     assert isinstance(refused, InvalidReadingError) and "non-finite" in refused.detail
-    assert isinstance(tank, Result) and tank.gap and tank.warming_up  # rewarmed, applied
-    for name, array in before.items():
-        np.testing.assert_array_equal(after[name], array, err_msg=name)
-
-
-@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-@pytest.mark.parametrize("unit", [0, -1])
-async def test_a_non_finite_new_state_is_refused_and_not_kept(
-    settings, monkeypatch: pytest.MonkeyPatch, bad: float, unit: int
-) -> None:
-    async with running_engine(settings) as engine:
-        await engine.submit(_readings("pump", sine(150)) + _readings("tank", sine(150)))
-        before = stream_state(engine, "pump")
-        model = engine.steppers()["default"].model
-        step = model.step
-
-        def poisons_pump_state(x: np.ndarray, state: tuple[np.ndarray, ...]) -> object:
-            loc, scale, new_state = step(x, state)
-            new_state[0][-1, 0, unit] = bad  # the round's first row: pump's; its forecast is fine
-            return loc, scale, new_state
-
-        monkeypatch.setattr(model, "step", poisons_pump_state)
-        refused, tank = await engine.submit([Reading("pump", 150.0, (0.3,)),
-                                             Reading("tank", 150.0, (0.3,))])
-        after = stream_state(engine, "pump")
-    assert isinstance(refused, InvalidReadingError) and "non-finite" in refused.detail
-    assert isinstance(tank, Result)
+    assert isinstance(tank, Result)  # applied, rewarmed after a gap
+    assert tank.gap == tank.warming_up == after_a_gap
     for name, array in before.items():
         np.testing.assert_array_equal(after[name], array, err_msg=name)
 
