@@ -77,12 +77,18 @@ PREFETCH_AHEAD = 4
 
 
 @inline
+def _row_start(array: Any, index: int) -> int:
+    """The address of `array[index]`."""
+    return array.ctypes.data + index * array.strides[0]
+
+
+@inline
 def prefetch_row(array: Any, index: int) -> None:
     """Start loading every cache line of `array[index]` (whose own axes are contiguous: a
     record, or a field's view of one). A random slot of a big arena is a trip to memory:
     issued a few rows ahead of their use, the trips overlap."""
     size = array.itemsize * (array.size // array.shape[0])
-    start = array.ctypes.data + index * array.strides[0]
+    start = _row_start(array, index)
     for line in range(start & ~63, start + size, 64):
         _prefetch(line)
 
@@ -105,8 +111,7 @@ def float32_row(array: Any, index: int) -> Any:
     """`array[index]` (float32, whose own axes are contiguous: a record's field) flattened,
     as a C array: the compiler then knows its elements are adjacent and copies them many at
     a time, which it cannot over an array of any layout."""
-    start = array.ctypes.data + index * array.strides[0]
-    return _carray(_float32_pointer(start), array.size // array.shape[0])
+    return _carray(_float32_pointer(_row_start(array, index)), array.size // array.shape[0])
 
 
 def _half_to_double_intrinsic(typingctx: Any, bits: Any) -> Any:
