@@ -12,7 +12,11 @@ the core itself (its caches, its clock): raw ORT is measured in slices between t
 passes, each half as long as the pass before it, so that each figure and its baseline see
 the same machine.
 
-    python -m benchmarks.engine_vs_ort [--models-dir DIR] [--duration 8]
+With `--without-scorer` the engine's anomaly likelihood is replaced by a score of 0 (so no
+reading alerts either): not a product, a bound on what the engine could reach if scoring
+cost nothing.
+
+    python -m benchmarks.engine_vs_ort [--models-dir DIR] [--duration 8] [--without-scorer]
 """
 
 from __future__ import annotations
@@ -44,12 +48,11 @@ SUBMITTERS = 8  # callers with a chunk of max_batch readings each in flight, lik
 
 
 def run(models_dir: Path, duration_s: float = 8.0, streams: int = STREAMS,
-        intra_op_threads: int = 1, spin: bool = False) -> list[Figure]:
+        intra_op_threads: int = 1, spin: bool = False, scorer: bool = True) -> list[Figure]:
     command = ["taskset", "-c", str(SERVER_CPU), PYTHON, "-m", "benchmarks.engine_vs_ort",
                "--child", "--models-dir", str(models_dir), "--duration", str(duration_s),
                "--streams", str(streams), "--intra-op-threads", str(intra_op_threads)]
-    if spin:
-        command.append("--spin")
+    command += ["--spin"] * spin + ["--without-scorer"] * (not scorer)
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True,
                           timeout=10 * duration_s + 300)
     raw = json.loads(done.stdout.strip().splitlines()[-1])
@@ -57,19 +60,25 @@ def run(models_dir: Path, duration_s: float = 8.0, streams: int = STREAMS,
         f", intra_op={intra_op_threads}, spin={spin}"
     key = "engine_vs_ort" + suffix.replace(", ", "_").replace("=", "")
     name = f"engine alone, {streams:,} streams, batch {raw['batch']}{suffix}"
+    if not scorer:
+        key, name = key + "_without_scorer", name + ", without the scorer (a bound)"
     return [Figure(
         key=key + ("_columns" if columns else ""),
         name=name + (", as columns" if columns else ""),
         value=raw["columns_rate" if columns else "engine_rate"], unit="readings/s",
         baseline_name="raw ORT, same batch, between its passes",
         baseline=raw["columns_ort_rate" if columns else "engine_ort_rate"],
-        target=0.60 if not suffix else None, target_on="ratio", details=raw,
+        target=0.60 if not suffix and scorer else None, target_on="ratio", details=raw,
     ) for columns in (False, True)]
 
 
 def _child(models_dir: Path, duration_s: float, streams: int, intra_op_threads: int,
-           spin: bool) -> dict[str, float]:
+           spin: bool, scorer: bool = True) -> dict[str, float]:
+    from service import likelihood
     from service.settings import Settings
+
+    if not scorer:  # the bound: every reading scores 0, at no cost
+        likelihood.step_in_place = lambda s, *args, **kwargs: np.zeros(len(s))
 
     settings = Settings(
         model={"dir": models_dir, "intra_op_threads": intra_op_threads, "spin": spin},
@@ -205,15 +214,17 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=STREAMS)
     parser.add_argument("--intra-op-threads", type=int, default=1)
     parser.add_argument("--spin", action="store_true")
+    parser.add_argument("--without-scorer", action="store_true",
+                        help="a bound: the anomaly likelihood replaced by a score of 0")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         result = _child(args.models_dir, args.duration, args.streams, args.intra_op_threads,
-                        args.spin)
+                        args.spin, scorer=not args.without_scorer)
         print(json.dumps(result))
         return
     print_figures(run(args.models_dir, args.duration, args.streams, args.intra_op_threads,
-                      args.spin))
+                      args.spin, scorer=not args.without_scorer))
 
 
 if __name__ == "__main__":

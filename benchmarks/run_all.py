@@ -43,6 +43,8 @@ def run_all(models_dir: Path, duration_s: float, quick: bool) -> list[Figure]:
         print(f"  {name}: {time.perf_counter() - started:.0f} s", flush=True)
 
     step("engine vs raw ORT", lambda: engine_vs_ort.run(models_dir, min(duration_s, 8.0)))
+    step("the same without the scorer (a bound)", lambda: engine_vs_ort.run(
+        models_dir, min(duration_s, 4.0), scorer=False))
     step("ORT session options", lambda: ort_options.run(models_dir, 1.0 if quick else 2.0))
     step("exported cell vs fused op", lambda: cell_graph.run(0.5 if quick else 1.0))
     step("REST single", lambda: rest_single.run(models_dir, duration_s))
