@@ -233,6 +233,30 @@ def _wait_ready(process: subprocess.Popen[bytes], url: str, started: float, time
     raise RuntimeError(f"{url} not ready in {timeout_s} s:\n{log.read_text()}")
 
 
+def warm_streams(url: str, stream_ids: Sequence[str], t0: int,
+                 value: Callable[[int], float]) -> int:
+    """Take each of `stream_ids` past its warm-up before a figure measures it: `steady_after`
+    readings, a second apart from `t0`, one request of columns per second (a warming stream
+    is not scored and never alerts, which is less work than a fleet's). Reading n is stream
+    `n % len(stream_ids)` at `t0 + n // len(stream_ids)` with `value(n)`, as the load
+    generators number theirs; returns the number of the first reading after these."""
+    from service.settings import Settings
+
+    n_streams, steps = len(stream_ids), steady_after(Settings())
+    for step in range(steps):
+        first = step * n_streams
+        body = json.dumps({"columns": {
+            "stream_id": list(stream_ids), "timestamp": [t0 + step] * n_streams,
+            "value": [value(first + i) for i in range(n_streams)],
+        }}).encode()
+        request = urllib.request.Request(f"{url}/v1/readings", body,
+                                         {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            if response.status != 200:
+                raise RuntimeError(f"warming the streams: {response.status}")
+    return steps * n_streams
+
+
 def stream_readings(url: str, stream_id: str) -> int:
     """How many readings a stream has had applied (0 if unknown): a check that the load was
     real work, not refusals."""
@@ -296,12 +320,16 @@ def wrk_on_server(
     threads: int = 1,
     load_env: dict[str, str] | None = None,
     stream_id: str,
+    prepare: Callable[[str], dict[str, str]] | None = None,
 ) -> tuple[WrkResult, int, float]:
     """Start the server, warm it up with `script`, then measure: wrk's result, how many
     readings `stream_id` had applied (0 on the trivial app), and the server's CPU use over the
-    run (1.0: its core was saturated). The warm-up writes to streams prefixed `warm`."""
+    run (1.0: its core was saturated). The warm-up writes to streams prefixed `warm`;
+    `prepare(url)` runs before it and returns more of the script's environment."""
     load = load_env or {}
     with running(command, port, env) as server:
+        if prepare is not None:
+            load = {**load, **prepare(server.url)}
         wrk(server.url, script, duration_s=warmup_s, connections=connections, threads=threads,
             env={**load, "SW_PREFIX": "warm"})
         cpu = server.cpu_s()

@@ -4,7 +4,8 @@ p50 / p99 / max, vs the trivial endpoint at the same load.
 An open-loop load generator (wrk2 is not in Debian): requests are due at fixed intervals and
 each latency is counted from when its request was *due*, not when it went out, so a stalled
 server cannot hide its stall (no coordinated omission). Raw HTTP/1.1 keep-alive over asyncio
-streams on 64 connections, pinned to the load core.
+streams on 64 connections, pinned to the load core, over 1,000 streams each past its
+warm-up first.
 
     python -m benchmarks.latency --rate 1500 [--models-dir DIR] [--duration 10]
 """
@@ -29,6 +30,7 @@ from benchmarks._common import (
     streamwatch_command,
     streamwatch_env,
     trivial_command,
+    warm_streams,
 )
 
 CONNECTIONS = 64
@@ -54,9 +56,10 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
     return status
 
 
-async def open_loop(host: str, port: int, rate: float, duration_s: float, prefix: str
-                    ) -> dict[str, float]:
-    """Offer `rate` requests/s for `duration_s`; latencies (ms) from each request's due time."""
+async def open_loop(host: str, port: int, rate: float, duration_s: float, prefix: str,
+                    first: int = 0) -> dict[str, float]:
+    """Offer `rate` requests/s for `duration_s`, readings `first` onwards; latencies (ms)
+    from each request's due time."""
     connections = [await asyncio.open_connection(host, port) for _ in range(CONNECTIONS)]
     idle: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
     for c in connections:
@@ -67,7 +70,7 @@ async def open_loop(host: str, port: int, rate: float, duration_s: float, prefix
     async def one(n: int, due: float) -> None:
         nonlocal failures
         reader, writer = await idle.get()
-        writer.write(_request(n, host, prefix))
+        writer.write(_request(first + n, host, prefix))
         status = await _read_response(reader)
         latencies.append((time.perf_counter() - due) * 1000)
         failures += status != 200
@@ -99,8 +102,10 @@ def measure(command: list[str], port: int, env: dict[str, str] | None, rate: flo
     with running(command, port, env) as server:
         host, port = server.host_port
         asyncio.run(open_loop(host, port, rate, min(2.0, duration_s), prefix="warm"))
+        first = warm_streams(server.url, [f"lat-{i}" for i in range(STREAMS)], T0,
+                             lambda n: (n % 13) * 0.1)
         cpu, wall = server.cpu_s(), time.perf_counter()
-        result = asyncio.run(open_loop(host, port, rate, duration_s, prefix="lat"))
+        result = asyncio.run(open_loop(host, port, rate, duration_s, prefix="lat", first=first))
         result["server_cpu"] = (server.cpu_s() - cpu) / (time.perf_counter() - wall)
         return result
 

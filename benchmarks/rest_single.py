@@ -2,13 +2,15 @@
 vs a trivial FastAPI endpoint served the same way (`benchmarks/trivial_app.py`).
 
 wrk (pinned to the load core) drives both servers (pinned to the server core) with the same
-Lua script: 1,000 streams taken in turn, timestamps increasing per stream.
+Lua script: 1,000 streams taken in turn, timestamps increasing per stream, each past its
+warm-up first.
 
     python -m benchmarks.rest_single [--models-dir DIR] [--duration 10]
 """
 
 from __future__ import annotations
 
+import math
 import tempfile
 from pathlib import Path
 
@@ -21,20 +23,28 @@ from benchmarks._common import (
     streamwatch_command,
     streamwatch_env,
     trivial_command,
+    warm_streams,
     wrk_on_server,
 )
 
 CONNECTIONS = 64
 STREAMS = 1000
 SCRIPT = BENCH / "lua" / "single.lua"
+T0 = 1767225600  # the script's first timestamp
 
 
 def measure(command: list[str], port: int, env: dict[str, str] | None, duration_s: float,
             warmup_s: float = 2.0) -> tuple[WrkResult, int, float]:
-    """See `wrk_on_server`; the stream counted is bench-0."""
+    """See `wrk_on_server`; the streams measured are past their warm-up (`warm_streams`), and
+    the stream counted is bench-0."""
+    def prepare(url: str) -> dict[str, str]:
+        ids = [f"bench-{i}" for i in range(STREAMS)]
+        return {"SW_FIRST": str(warm_streams(url, ids, T0, lambda n: math.sin(n * 0.1)))}
+
     return wrk_on_server(
         command, port, env, SCRIPT, duration_s=duration_s, warmup_s=warmup_s,
         connections=CONNECTIONS, load_env={"SW_STREAMS": str(STREAMS)}, stream_id="bench-0",
+        prepare=prepare,
     )
 
 

@@ -3,7 +3,7 @@
 -- STREAMS requests later (far more than the connections in flight: no reordering).
 local streams = tonumber(os.getenv("SW_STREAMS") or "1000")
 local prefix = os.getenv("SW_PREFIX") or "bench"  -- a warm-up run uses streams of its own
-local counter = 0
+local counter = tonumber(os.getenv("SW_FIRST") or "0")  -- readings sent before this run
 local headers = {["Content-Type"] = "application/json"}
 
 request = function()
