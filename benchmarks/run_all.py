@@ -3,7 +3,7 @@
     python -m benchmarks.run_all [--models-dir models] [--out benchmarks/results.json]
                                  [--duration 10] [--quick]
 
-About seven minutes on the 2-core box (`--quick`: about three, shorter and smaller). Needs `wrk`
+About eight minutes on the 2-core box (`--quick`: about five, shorter and smaller). Needs `wrk`
 (apt-get install -y wrk) and two cores: servers run pinned to core 0, load generators to core
 1. Figures are compared to baselines measured in the same run, since the absolute numbers on a
 shared machine move from run to run.
