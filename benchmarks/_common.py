@@ -236,8 +236,8 @@ def _wait_ready(process: subprocess.Popen[bytes], url: str, started: float, time
 def warm_streams(url: str, stream_ids: Sequence[str], t0: int,
                  value: Callable[[int], float]) -> int:
     """Take each of `stream_ids` past its warm-up before a figure measures it: `steady_after`
-    readings, a second apart from `t0`, one request of columns per second (a warming stream
-    is not scored and never alerts, which is less work than a fleet's). Reading n is stream
+    readings each, a second apart from `t0`, each second's in one POST of columns (a warming
+    stream is not scored and never alerts, which is less work than a fleet's). Reading n is stream
     `n % len(stream_ids)` at `t0 + n // len(stream_ids)` with `value(n)`, as the load
     generators number theirs; returns the number of the first reading after these."""
     from service.settings import Settings

@@ -4,10 +4,8 @@ client with the same frames.
 
 The client is this process (pinned to the load core; the server is pinned to the other): a
 `websockets` asyncio client on several connections, each keeping a window of frames in flight
-(the server pipelines them and answers in order), each with its own streams. The streams
-are past their warm-up when the measuring starts (`steady_after`: a warming stream is not
-scored and never alerts, which is less work than a fleet's): the server under test first
-takes each of them that many readings, 500 a frame as columns, whatever the figure's frames.
+(the server pipelines them and answers in order), each with its own streams, each past its
+warm-up first (`warm_streams`).
 
     python -m benchmarks.websocket [--models-dir DIR] [--duration 8]
 """
@@ -31,13 +29,12 @@ from benchmarks._common import (
     pin,
     running,
     script_main,
-    steady_after,
     stream_readings,
     streamwatch_command,
     streamwatch_env,
     trivial_command,
+    warm_streams,
 )
-from service.settings import Settings
 
 CONNECTIONS = 4
 # Frames in flight per connection (the server reads ahead up to 256), and at most this many
@@ -51,7 +48,11 @@ WINDOW_FRAMES, WINDOW_READINGS = 256, 4096
 # in flight (WINDOW_READINGS), so that a stream never has two.
 STREAMS_PER_CONNECTION = 4096
 T0 = 1767225600
-WARM_PER_FRAME = 500
+
+
+def _value(k: int) -> float:
+    """The value of a connection's reading k."""
+    return (k % 17) * 0.1
 
 
 def _frames(connection: int, per_frame: int, prefix: str, columns: bool, skip: int = 0
@@ -64,7 +65,7 @@ def _frames(connection: int, per_frame: int, prefix: str, columns: bool, skip: i
     def frame(n: int) -> str:
         first = skip + n * per_frame
         readings = [{"stream_id": ids[k % STREAMS_PER_CONNECTION],
-                     "timestamp": T0 + k // STREAMS_PER_CONNECTION, "value": (k % 17) * 0.1}
+                     "timestamp": T0 + k // STREAMS_PER_CONNECTION, "value": _value(k)}
                     for k in range(first, first + per_frame)]
         body: dict[str, object]
         if columns:
@@ -77,19 +78,17 @@ def _frames(connection: int, per_frame: int, prefix: str, columns: bool, skip: i
 
 
 async def _drive(url: str, per_frame: int, duration_s: float, prefix: str,
-                 columns: bool = False, skip: int = 0, limit: int | None = None
-                 ) -> dict[str, float]:
-    """Send frames for `duration_s` (or `limit` frames) on every connection, from each one's
-    reading `skip`; count the replies that came back, those that refused their frame apart
-    (an error reply, e.g. 503 when the queue is full)."""
+                 columns: bool = False, skip: int = 0) -> dict[str, float]:
+    """Send frames for `duration_s` on every connection, from each one's reading `skip`;
+    count the replies that came back, those that refused their frame apart (an error reply,
+    e.g. 503 when the queue is full)."""
     replies, refused = [0] * CONNECTIONS, [0] * CONNECTIONS
     window = min(WINDOW_FRAMES, max(1, WINDOW_READINGS // per_frame))
     deadline = time.perf_counter() + duration_s
 
     async def one(connection: int) -> None:
         frame = _frames(connection, per_frame, prefix, columns, skip)
-        built = max(1, 20_000 // per_frame)
-        batch = [frame(n) for n in range(built if limit is None else min(built, limit))]
+        batch = [frame(n) for n in range(max(1, 20_000 // per_frame))]  # built before timing
         async with connect(url, max_size=None, compression=None) as ws:
             # The sender fills the window, then waits until a reply frees room in it (a busy
             # loop of sleep(0) took most of this client's core).
@@ -104,12 +103,12 @@ async def _drive(url: str, per_frame: int, duration_s: float, prefix: str,
                         replies[connection] += 1
                     in_flight -= 1
                     room.set()
-                    if in_flight == 0 and (n == limit or time.perf_counter() >= deadline):
+                    if in_flight == 0 and time.perf_counter() >= deadline:
                         return
 
             task = asyncio.create_task(reader())
-            while time.perf_counter() < deadline and n != limit:
-                while in_flight < window and n != limit:
+            while time.perf_counter() < deadline:
+                while in_flight < window:
                     if n == len(batch):  # past the frames built before: one more, as it goes
                         batch.append(frame(n))  # (building them in bursts stalled the server)
                     await ws.send(batch[n])
@@ -132,14 +131,12 @@ async def _drive(url: str, per_frame: int, duration_s: float, prefix: str,
 
 def measure(command: list[str], port: int, env: dict[str, str] | None, per_frame: int,
             duration_s: float, columns: bool = False) -> tuple[dict[str, float], int]:
-    warm_frames = -(-STREAMS_PER_CONNECTION * steady_after(Settings()) // WARM_PER_FRAME)
-    skip = warm_frames * WARM_PER_FRAME  # readings of each connection before the measured
     with running(command, port, env) as server:
         url = server.url.replace("http://", "ws://") + "/v1/ingest"
         asyncio.run(_drive(url, per_frame, min(2.0, duration_s), "warm", columns))
-        warmed = asyncio.run(_drive(url, WARM_PER_FRAME, 600.0, "ws", True, limit=warm_frames))
-        if warmed["refused_frames"]:
-            raise RuntimeError(f"{warmed['refused_frames']} frames of the warm-up were refused")
+        for connection in range(CONNECTIONS):  # each connection numbers its own readings
+            ids = [f"ws{connection}-{i}" for i in range(STREAMS_PER_CONNECTION)]
+            skip = warm_streams(server.url, ids, T0, _value)
         cpu, wall = server.cpu_s(), time.perf_counter()
         result = asyncio.run(_drive(url, per_frame, duration_s, "ws", columns, skip))
         result["server_cpu"] = (server.cpu_s() - cpu) / (time.perf_counter() - wall)
